@@ -1,0 +1,274 @@
+//! The transactional outbox: events are written in the transaction of the change
+//! they announce, and a relay (running in every binary) publishes them.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use lapin::Confirmation;
+use lapin::types::{AMQPValue, FieldTable};
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::broker::{Broker, CONFIRM_TIMEOUT, Outgoing, PublishError, check_confirmation};
+use crate::call::Call;
+use crate::events::{EVENT_VERSION, Event, EventType};
+use crate::telemetry;
+
+/// Postgres channel notified (by a trigger) when outbox rows are committed.
+pub const NOTIFY_CHANNEL: &str = "ringer_outbox";
+
+/// Writes `event_type` for `call` to the outbox, taking the call's next sequence
+/// number. Must run in the transaction that made the change.
+pub async fn emit(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    event_type: EventType,
+    call: &Call,
+) -> sqlx::Result<Event> {
+    let (sequence,): (i64,) = sqlx::query_as(
+        "UPDATE calls SET event_seq = event_seq + 1 WHERE id = $1 RETURNING event_seq",
+    )
+    .bind(call.id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let event = Event {
+        id: Uuid::now_v7(),
+        event_type,
+        version: EVENT_VERSION,
+        org_id,
+        call_id: call.id,
+        sequence,
+        occurred_at: Utc::now(),
+        call: call.clone(),
+    };
+    enqueue(conn, &event).await?;
+    Ok(event)
+}
+
+/// Writes an already built event (its sequence taken by the caller) to the outbox.
+pub async fn enqueue(conn: &mut PgConnection, event: &Event) -> sqlx::Result<()> {
+    let payload =
+        serde_json::to_value(event).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+    let traceparent = telemetry::current().map(|context| context.child().to_header());
+    sqlx::query(
+        "INSERT INTO outbox (event_id, routing_key, payload, traceparent) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(event.id)
+    .bind(event.event_type.routing_key())
+    .bind(payload)
+    .bind(traceparent)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct PendingRow {
+    id: i64,
+    event_id: Uuid,
+    routing_key: String,
+    payload: serde_json::Value,
+    traceparent: Option<String>,
+}
+
+/// Sends every row, then waits for all their confirms (one round trip for the batch).
+async fn publish_rows(
+    broker: &Broker,
+    rows: &[PendingRow],
+) -> Result<Vec<Result<Confirmation, PublishError>>, PublishError> {
+    let exchange = broker.names().events_exchange();
+    let mut confirms = Vec::with_capacity(rows.len());
+    for row in rows {
+        let payload = serde_json::to_vec(&row.payload).expect("a JSON value serialises");
+        let mut headers = FieldTable::default();
+        if let Some(traceparent) = &row.traceparent {
+            headers.insert(
+                "traceparent".into(),
+                AMQPValue::LongString(traceparent.as_str().into()),
+            );
+        }
+        let message = Outgoing {
+            exchange: &exchange,
+            routing_key: &row.routing_key,
+            payload: &payload,
+            message_id: Some(row.event_id.to_string()),
+            headers,
+        };
+        confirms.push(broker.start_publish(&message).await?);
+    }
+    let mut confirmations = Vec::with_capacity(confirms.len());
+    for confirm in confirms {
+        confirmations.push(confirm.await.map_err(PublishError::from));
+    }
+    Ok(confirmations)
+}
+
+/// Publishes up to `batch` unpublished rows and marks the confirmed ones
+/// published, in one transaction holding their row locks. `SKIP LOCKED` lets
+/// any number of relays share the table without publishing a row twice
+/// (a crash after the publish and before the commit republishes the batch:
+/// consumers are idempotent). Returns how many rows were published.
+pub async fn relay_batch(pool: &PgPool, broker: &Broker, batch: i64) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<PendingRow> = sqlx::query_as(
+        "SELECT id, event_id, routing_key, payload, traceparent FROM outbox \
+         WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+
+    // A broker that stops confirming (blocked by a resource alarm, say) must
+    // not hold the rows' locks for ever: give up, roll back, try again later.
+    let confirmations = tokio::time::timeout(CONFIRM_TIMEOUT, publish_rows(broker, &rows))
+        .await
+        .map_err(|_| PublishError::Timeout(CONFIRM_TIMEOUT))??;
+
+    let mut published = Vec::with_capacity(rows.len());
+    let mut failures = 0usize;
+    for (row, confirmation) in rows.iter().zip(confirmations) {
+        match confirmation.and_then(|c| check_confirmation(c, &row.routing_key)) {
+            Ok(()) => published.push(row.id),
+            Err(PublishError::Unroutable(_)) if !must_be_routed(&row.routing_key) => {
+                metrics::counter!("ringer_outbox_unrouted_total", "routing_key" => row.routing_key.clone())
+                    .increment(1);
+                published.push(row.id);
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, event_id = %row.event_id, routing_key = %row.routing_key, "outbox publish not confirmed; will retry");
+            }
+        }
+    }
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+        .bind(&published)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    metrics::counter!("ringer_outbox_published_total").increment(published.len() as u64);
+    if failures > 0 {
+        metrics::counter!("ringer_outbox_publish_failures_total").increment(failures as u64);
+        anyhow::bail!("{failures} outbox events were not confirmed by the broker");
+    }
+    Ok(published.len())
+}
+
+/// Runs the relay until `shutdown`: publishes whenever a commit notifies the
+/// channel, and polls every `poll` in case a notification was missed.
+pub async fn run_relay(
+    pool: PgPool,
+    broker: Broker,
+    batch: i64,
+    poll: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut listener = match PgListener::connect_with(&pool).await {
+        Ok(mut listener) => match listener.listen(NOTIFY_CHANNEL).await {
+            Ok(()) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay cannot LISTEN; polling only");
+                None
+            }
+        },
+        Err(error) => {
+            tracing::warn!(%error, "outbox relay cannot LISTEN; polling only");
+            None
+        }
+    };
+    let mut last_prune = Instant::now();
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let outcome = relay_batch(&pool, &broker, batch).await;
+        let more = match outcome {
+            Ok(published) => published as i64 >= batch,
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "outbox relay batch failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                false
+            }
+        };
+        if last_prune.elapsed() > Duration::from_secs(60) {
+            last_prune = Instant::now();
+            report_lag(&pool).await;
+            if let Err(error) = prune_published(&pool, Duration::from_secs(3600)).await {
+                tracing::warn!(%error, "pruning published outbox rows failed");
+            }
+        }
+        if more {
+            continue;
+        }
+        match listener.as_mut() {
+            Some(listener) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    notification = listener.recv() => {
+                        if let Err(error) = notification {
+                            tracing::warn!(%error, "outbox LISTEN connection lost; reconnecting");
+                        }
+                    }
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
+        }
+    }
+    // A last pass publishes what in-flight work committed during shutdown.
+    if let Err(error) = relay_batch(&pool, &broker, batch).await {
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "final outbox relay pass failed"
+        );
+    }
+}
+
+/// False for informational events nobody has to receive (see
+/// [`EventType::requires_subscriber`]); unknown keys must be routed.
+fn must_be_routed(routing_key: &str) -> bool {
+    routing_key
+        .parse::<EventType>()
+        .map_or(true, EventType::requires_subscriber)
+}
+
+/// Unpublished rows and the age of the oldest, in seconds.
+pub async fn lag(pool: &PgPool) -> sqlx::Result<(i64, f64)> {
+    sqlx::query_as(
+        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) \
+         FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+async fn report_lag(pool: &PgPool) {
+    if let Ok((count, age)) = lag(pool).await {
+        metrics::gauge!("ringer_outbox_unpublished").set(count as f64);
+        metrics::gauge!("ringer_outbox_oldest_age_seconds").set(age);
+    }
+}
+
+async fn prune_published(pool: &PgPool, older_than: Duration) -> sqlx::Result<u64> {
+    let seconds = older_than.as_secs_f64();
+    let result = sqlx::query(
+        "DELETE FROM outbox WHERE published_at IS NOT NULL \
+         AND published_at < now() - make_interval(secs => $1)",
+    )
+    .bind(seconds)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
