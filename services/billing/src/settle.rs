@@ -1,0 +1,305 @@
+//! Settling a call's hold once it ended: the charge for connected time, the
+//! release of the rest, the call's billing fields, `internal.call.billed` and
+//! the completion join, all in one transaction.
+
+use chrono::{DateTime, Utc};
+use ringer::call::{self, CallStatus, OwnedCall, ReservationStatus};
+use ringer::consumer::StepError;
+use ringer::events::EventType;
+use ringer::ledger::{self, Hold};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// What settling a call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Answered: `charged` for `billed_seconds`, the rest of the hold released.
+    Settled {
+        billed_seconds: i32,
+        charged: i64,
+        released: i64,
+        /// The completion join closed here (the terminal event was written).
+        completed: bool,
+    },
+    /// Not answered (no answer, busy, failed, canceled) or stuck: the whole hold released.
+    Released { released: i64, completed: bool },
+    /// Settled or released before (a redelivery or a lost race): nothing done.
+    AlreadySettled,
+}
+
+impl Settlement {
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Settlement::Settled { .. } => "settled",
+            Settlement::Released { .. } => "released",
+            Settlement::AlreadySettled => "already_settled",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error("call {0} does not exist")]
+    CallNotFound(Uuid),
+    #[error("call {0} has not ended (no ended_at)")]
+    NotEnded(Uuid),
+    #[error("call {call_id}: the ledger holds {ledger} but the call records a hold of {call}")]
+    HoldMismatch {
+        call_id: Uuid,
+        ledger: i64,
+        call: i64,
+    },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<SettleError> for StepError {
+    fn from(error: SettleError) -> Self {
+        match error {
+            SettleError::Database(error) => StepError::Transient(error.into()),
+            // The call row and the event disagree, or the ledger is broken:
+            // retrying cannot help, an operator must look.
+            other => StepError::Poison(other.into()),
+        }
+    }
+}
+
+/// The columns settlement reads from the locked call row.
+#[derive(Debug, sqlx::FromRow)]
+struct BillableCall {
+    org_id: Uuid,
+    status: CallStatus,
+    answered_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    max_duration_seconds: i32,
+    hold_milli_cents: i64,
+    rate_per_minute_milli_cents: i64,
+    reservation_status: ReservationStatus,
+}
+
+/// Locks the call row. `NO KEY UPDATE` because the row is updated but its key is
+/// not: rows referencing the call (transcripts, deliveries) can still be inserted.
+async fn lock_call(conn: &mut PgConnection, call_id: Uuid) -> sqlx::Result<Option<BillableCall>> {
+    sqlx::query_as(
+        "SELECT org_id, status, answered_at, ended_at, max_duration_seconds, hold_milli_cents, \
+                rate_per_minute_milli_cents, reservation_status \
+         FROM calls WHERE id = $1 FOR NO KEY UPDATE",
+    )
+    .bind(call_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Locks the call row if its hold is stuck: reserved, never ended, not queued
+/// (a queued call may still be dialled), no live dialer lease, and created more
+/// than its max duration plus `margin_seconds` ago. The conditions are checked
+/// again on the row's latest version once the lock is granted.
+async fn lock_stuck_call(
+    conn: &mut PgConnection,
+    call_id: Uuid,
+    margin_seconds: i64,
+) -> sqlx::Result<Option<BillableCall>> {
+    sqlx::query_as(
+        "SELECT org_id, status, answered_at, ended_at, max_duration_seconds, hold_milli_cents, \
+                rate_per_minute_milli_cents, reservation_status \
+         FROM calls WHERE id = $1 AND reservation_status = 'reserved' AND ended_at IS NULL \
+           AND status <> 'queued' AND (lease_expires_at IS NULL OR lease_expires_at < now()) \
+           AND created_at + make_interval(secs => max_duration_seconds + $2) < now() \
+         FOR NO KEY UPDATE",
+    )
+    .bind(call_id)
+    .bind(margin_seconds as f64)
+    .fetch_optional(conn)
+    .await
+}
+
+async fn record_billing(
+    conn: &mut PgConnection,
+    call_id: Uuid,
+    billed_seconds: i32,
+    amount: i64,
+    status: ReservationStatus,
+) -> sqlx::Result<OwnedCall> {
+    sqlx::query_as(concat!(
+        "UPDATE calls SET billed_duration_seconds = $2, billing_amount_milli_cents = $3, \
+           reservation_status = $4, updated_at = now() \
+         WHERE id = $1 RETURNING org_id, ",
+        ringer::call_columns!()
+    ))
+    .bind(call_id)
+    .bind(billed_seconds)
+    .bind(amount)
+    .bind(status)
+    .fetch_one(conn)
+    .await
+}
+
+/// The ledger's hold for the call, checked against the call row.
+async fn hold_of(
+    conn: &mut PgConnection,
+    call_id: Uuid,
+    row: &BillableCall,
+) -> Result<Hold, SettleError> {
+    let hold = ledger::find_hold(conn, call_id).await?.unwrap_or(Hold {
+        bucket: 0,
+        amount_milli_cents: 0,
+    });
+    if hold.amount_milli_cents != row.hold_milli_cents {
+        return Err(SettleError::HoldMismatch {
+            call_id,
+            ledger: hold.amount_milli_cents,
+            call: row.hold_milli_cents,
+        });
+    }
+    Ok(hold)
+}
+
+/// Seconds billed and the charge for an ended call: connected time for a call
+/// that was answered and finished normally, nothing for the rest (no answer,
+/// busy, canceled, and failed even after an answer, as API.md lists it).
+fn price(row: &BillableCall, ended_at: DateTime<Utc>) -> Option<(i32, i64)> {
+    let answered = matches!(row.status, CallStatus::InProgress | CallStatus::Completed);
+    let answered_at = row.answered_at.filter(|_| answered)?;
+    let seconds = call::billable_seconds(answered_at, ended_at, row.max_duration_seconds);
+    Some((
+        seconds,
+        ringer::money::charge_for(seconds, row.rate_per_minute_milli_cents),
+    ))
+}
+
+/// Settles `call_id` in the caller's transaction. Idempotent: a call whose
+/// reservation is no longer `reserved` is left alone and nothing is emitted.
+pub async fn settle_call(
+    conn: &mut PgConnection,
+    call_id: Uuid,
+) -> Result<Settlement, SettleError> {
+    let row = lock_call(conn, call_id)
+        .await?
+        .ok_or(SettleError::CallNotFound(call_id))?;
+    if row.reservation_status != ReservationStatus::Reserved {
+        if row.reservation_status == ReservationStatus::Released && row.answered_at.is_some() {
+            tracing::warn!(%call_id, "an answered call ended after its hold was released; it is not charged");
+        }
+        return Ok(Settlement::AlreadySettled);
+    }
+    let ended_at = row.ended_at.ok_or(SettleError::NotEnded(call_id))?;
+    let hold = hold_of(conn, call_id, &row).await?;
+    let priced = price(&row, ended_at);
+    let (billed_seconds, charge) = priced.unwrap_or((0, 0));
+    let charge = charge.min(hold.amount_milli_cents);
+    let status = if priced.is_some() {
+        ReservationStatus::Settled
+    } else {
+        ReservationStatus::Released
+    };
+    let completed = finish(conn, call_id, billed_seconds, charge, status).await?;
+    // Last, so that the org's bucket row stays locked only until the commit.
+    let (charged, released) = ledger::settle_hold(conn, row.org_id, call_id, hold, charge).await?;
+    Ok(match status {
+        ReservationStatus::Settled => Settlement::Settled {
+            billed_seconds,
+            charged,
+            released,
+            completed,
+        },
+        _ => Settlement::Released {
+            released,
+            completed,
+        },
+    })
+}
+
+/// Records the billing fields, emits `internal.call.billed` and runs the
+/// completion join. True when the join closed here.
+async fn finish(
+    conn: &mut PgConnection,
+    call_id: Uuid,
+    billed_seconds: i32,
+    amount: i64,
+    status: ReservationStatus,
+) -> sqlx::Result<bool> {
+    let OwnedCall { org_id, call } =
+        record_billing(conn, call_id, billed_seconds, amount, status).await?;
+    ringer::outbox::emit(conn, org_id, EventType::CallBilled, &call).await?;
+    let terminal = call::close_completion_join(conn, call_id).await?;
+    Ok(terminal.is_some())
+}
+
+/// Releases the whole hold of a call that never ended and whose dialer is gone
+/// (the stuck-hold sweeper). None when the call is not stuck (any more).
+pub async fn release_stuck_hold(
+    conn: &mut PgConnection,
+    call_id: Uuid,
+    margin_seconds: i64,
+) -> Result<Option<Settlement>, SettleError> {
+    let Some(row) = lock_stuck_call(conn, call_id, margin_seconds).await? else {
+        return Ok(None);
+    };
+    let hold = hold_of(conn, call_id, &row).await?;
+    let completed = finish(conn, call_id, 0, 0, ReservationStatus::Released).await?;
+    let (_, released) = ledger::settle_hold(conn, row.org_id, call_id, hold, 0).await?;
+    Ok(Some(Settlement::Released {
+        released,
+        completed,
+    }))
+}
+
+/// Runs [`settle_call`] in its own transaction and commits, retrying a lost
+/// serialization race a few times. A settlement racing this one on another
+/// connection and winning shows up as `AlreadySettled`.
+pub async fn settle(pool: &PgPool, call_id: Uuid) -> Result<Settlement, SettleError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut tx = pool.begin().await?;
+        let result = settle_call(&mut tx, call_id).await;
+        let result = match result {
+            Ok(settlement) => tx.commit().await.map(|()| settlement).map_err(Into::into),
+            Err(error) => {
+                let _ = tx.rollback().await;
+                Err(error)
+            }
+        };
+        match result {
+            Ok(settlement) => {
+                record_metrics(&settlement);
+                return Ok(settlement);
+            }
+            // The unique index is the last line of defence should two
+            // settlements ever pass the row lock: the second one changes nothing.
+            Err(SettleError::Database(error))
+                if ringer::db::is_constraint_violation(&error, "ledger_entries_one_per_call") =>
+            {
+                tracing::warn!(%call_id, "a second settlement hit the one-per-call index; ignored");
+                record_metrics(&Settlement::AlreadySettled);
+                return Ok(Settlement::AlreadySettled);
+            }
+            Err(SettleError::Database(error))
+                if ringer::db::is_retryable(&error) && attempt < 3 =>
+            {
+                tracing::debug!(%call_id, %error, "settlement lost a race; retrying");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+pub(crate) fn record_metrics(settlement: &Settlement) {
+    metrics::counter!("ringer_billing_settlements_total", "outcome" => settlement.outcome())
+        .increment(1);
+    match *settlement {
+        Settlement::Settled {
+            charged, released, ..
+        } => {
+            metrics::counter!("ringer_billing_charged_milli_cents_total")
+                .increment(charged.unsigned_abs());
+            metrics::counter!("ringer_billing_released_milli_cents_total")
+                .increment(released.unsigned_abs());
+        }
+        Settlement::Released { released, .. } => {
+            metrics::counter!("ringer_billing_released_milli_cents_total")
+                .increment(released.unsigned_abs());
+        }
+        Settlement::AlreadySettled => {}
+    }
+}

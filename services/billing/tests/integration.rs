@@ -1,0 +1,11 @@
+//! Integration tests of the billing service against the real Postgres and RabbitMQ.
+
+mod helpers;
+
+mod buckets;
+mod concurrency;
+mod crash;
+mod join;
+mod settlement;
+mod sweeper;
+mod worker;
