@@ -1,0 +1,8 @@
+//! Integration tests of the webhook-dispatcher against the real Postgres and
+//! RabbitMQ, with local HTTP receivers.
+
+mod batches;
+mod crash;
+mod delivery;
+mod failures;
+mod helpers;
