@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark in one run, written to BENCHMARKS.md.
+# Each figure is reported beside a baseline measured in the same run
+# (pgbench running the same SQL), because shared machines drift.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+out="${BENCH_OUT:-$root/BENCHMARKS.md}"
+work="$root/target/bench"
+mkdir -p "$work"
+bench_db=ringer_bench
+export PGHOST=127.0.0.1 PGUSER=postgres
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$bench_db"
+export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+seconds="${BENCH_SECONDS:-10}"
+concurrency="${BENCH_CONCURRENCY:-32}"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+extras=(${BENCH_EXTRAS-dialer-bench billing-bench extractor-bench webhook-bench})
+log "building release binaries"
+cargo build --release -p ringer-api -p ringer-admin -p loadgen >&2
+for extra in "${extras[@]}"; do cargo build --release --bin "$extra" >&2; done
+bin="$root/target/release"
+
+fresh_db() {
+  psql -d postgres -qc "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" >/dev/null
+  psql -d postgres -qc "CREATE DATABASE $bench_db" >/dev/null
+  "$bin/ringer-admin" migrate >/dev/null
+}
+
+machine() {
+  echo "- CPU: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  echo "- Memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
+  echo "- $(psql -d postgres -tAc 'SELECT version()' | cut -d, -f1)"
+  echo "- RabbitMQ $(rabbitmqctl version 2>/dev/null || echo unknown)"
+  echo "- Everything (Postgres, RabbitMQ, services, load generators) on this one machine"
+}
+
+api_bench() {
+  fresh_db
+  local org key number ns port=18080
+  org=$("$bin/ringer-admin" org create "Bench org" --starting-credit-milli-cents 1000000000000)
+  key=$("$bin/ringer-admin" key create "$org")
+  number=+15550100000
+  "$bin/ringer-admin" number add "$org" "$number" >/dev/null
+  ns="bench$RANDOM"
+  RINGER_NAMESPACE=$ns RINGER_HTTP_ADDR=127.0.0.1:$port RINGER_RATE_LIMIT_PER_SECOND=0 RINGER_LOG_FORMAT=json \
+    RUST_LOG=warn RINGER_DB_MAX_CONNECTIONS=32 "$bin/ringer-api" >"$work/api.log" 2>&1 &
+  local api_pid=$!
+  for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" 2>/dev/null && break; sleep 0.2; done
+  log "api: create-call throughput ($seconds s, $concurrency clients) and latency at half the maximum"
+  local result
+  result=$("$bin/loadgen" --api-url "http://127.0.0.1:$port" --api-key "$key" create-calls \
+    --concurrency "$concurrency" --seconds "$seconds" --latency-seconds "$seconds")
+  kill -TERM "$api_pid"; wait "$api_pid" || true
+  RINGER_NAMESPACE=$ns "$bin/ringer-admin" topology delete --yes >/dev/null 2>&1 || true
+
+  # The same transaction the api runs for a create, straight through pgbench.
+  local key_hash payload
+  key_hash=$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)
+  payload='{"type":"call.queued","version":1,"call":{"to_number":"+14155550100","prompt":"Confirm tomorrow appointment at 3 pm"}}'
+  cat > "$work/create_call.sql" <<SQL
+SELECT org_id FROM api_keys WHERE key_hash = '\\x$key_hash'::bytea AND revoked_at IS NULL;
+BEGIN;
+SELECT e164 FROM phone_numbers WHERE org_id = '$org' AND status = 'active' ORDER BY purchased_at, id LIMIT 1;
+SELECT rate_per_minute_milli_cents FROM orgs WHERE id = '$org';
+SELECT gen_random_uuid() AS cid \gset
+UPDATE balances SET available_milli_cents = available_milli_cents - 5000, reserved_milli_cents = reserved_milli_cents + 5000 WHERE org_id = '$org' AND bucket = 0 AND available_milli_cents >= 5000;
+INSERT INTO ledger_entries (org_id, call_id, kind, from_account, to_account, amount_milli_cents, description) VALUES ('$org', ':cid'::uuid, 'hold', 'available', 'reserved', 5000, 'hold for call');
+INSERT INTO calls (id, org_id, to_number, from_number, prompt, context, returns, language, webhook_url, webhook_status, voicemail_action, max_duration_seconds, metadata, tools, rate_per_minute_milli_cents, hold_milli_cents) VALUES (':cid'::uuid, '$org', '+14155550100', '$number', 'Confirm tomorrow appointment at 3 pm', '{"name":"Ana","confirmed":true}', '{"confirmed":"boolean","notes":"string?"}', 'en', NULL, 'none', 'hangup', 60, NULL, NULL, 5000, 5000) RETURNING *;
+UPDATE calls SET event_seq = event_seq + 1 WHERE id = ':cid'::uuid RETURNING event_seq;
+INSERT INTO outbox (event_id, routing_key, payload, traceparent) VALUES (gen_random_uuid(), 'call.queued', '$payload', NULL);
+COMMIT;
+SQL
+  log "pgbench: the same transaction ($seconds s, $concurrency clients)"
+  local pg_tps
+  pg_tps=$(pgbench -n -d "$bench_db" -c "$concurrency" -j 2 -T "$seconds" -f "$work/create_call.sql" 2>&1 \
+    | awk '/^tps/ {print $3; exit}')
+  if [ -z "$pg_tps" ]; then
+    log "pgbench failed:"; pgbench -n -d "$bench_db" -c 1 -t 1 -f "$work/create_call.sql" >&2 || true
+    exit 1
+  fi
+  local rps p50 p99 rate
+  rps=$(echo "$result" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests_per_second"])')
+  p50=$(echo "$result" | python3 -c 'import json,sys; print(json.load(sys.stdin)["p50_ms"])')
+  p99=$(echo "$result" | python3 -c 'import json,sys; print(json.load(sys.stdin)["p99_ms"])')
+  rate=$(echo "$result" | python3 -c 'import json,sys; print(json.load(sys.stdin)["latency_rate"])')
+  local ratio
+  ratio=$(python3 -c "print(f'{$rps / $pg_tps:.2f}')")
+  cat <<MD
+## API: create call (issue 3)
+
+\`POST /v1/calls\` over keep-alive HTTP from \`loadgen\` ($concurrency clients, $seconds s, one org),
+against \`pgbench\` running the same SQL transaction (auth lookup, caller ID, rate, hold, ledger entry,
+call row, event sequence, outbox row) with the same number of clients, in the same run.
+
+| measure | value | goal |
+|---|---|---|
+| api creates/s | $rps | |
+| pgbench same transaction, tps | $pg_tps | |
+| **ratio api / pgbench** | **$ratio** | ≥ 0.5 |
+| latency at $rate req/s (half the maximum): p50 | $p50 ms | |
+| p99 | $p99 ms | < 50 ms |
+
+MD
+}
+
+# End to end (issue 10): `loadgen run` at time scale 0, every call answered,
+# from the first `POST /v1/calls` to the last delivered `call.completed`, with
+# one and then two replicas of each worker (one api); peak resident memory
+# (VmHWM) of every binary under that load. The run's audit must pass too.
+e2e_bench() {
+  cargo build --release -p ringer-dialer -p ringer-extractor -p ringer-billing \
+    -p ringer-webhook-dispatcher --bins >&2
+  local calls="${BENCH_E2E_CALLS:-$((seconds * 400))}"
+  local workers=(dialer extractor billing webhook-dispatcher)
+  local rows="" replicas
+  declare -A peak=()
+  for replicas in 1 2; do
+    fresh_db
+    local ns="e2e$RANDOM" port=18500 pids=() names=() svc i
+    local env=(RINGER_NAMESPACE=$ns RINGER_TIME_SCALE=0 RINGER_DEV_MODE=true RINGER_LOG_FORMAT=json
+      RUST_LOG=warn RINGER_RATE_LIMIT_PER_SECOND=0 RINGER_ORG_CONCURRENCY=1000000)
+    env "${env[@]}" RINGER_HTTP_ADDR=127.0.0.1:$port RINGER_DB_MAX_CONNECTIONS=12 \
+      "$bin/ringer-api" >"$work/e2e-api.log" 2>&1 &
+    pids+=($!); names+=(api)
+    for svc in "${workers[@]}"; do
+      for i in $(seq 1 "$replicas"); do
+        port=$((port + 1))
+        env "${env[@]}" RINGER_HTTP_ADDR=127.0.0.1:$port RINGER_DB_MAX_CONNECTIONS=8 \
+          "$bin/ringer-$svc" >"$work/e2e-$svc-$i.log" 2>&1 &
+        pids+=($!); names+=("$svc")
+      done
+    done
+    for p in $(seq 18500 "$port"); do
+      for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$p/readyz" 2>/dev/null && break; sleep 0.2; done
+    done
+    log "end to end: $calls answered calls, $replicas replica(s) of each worker, time scale 0"
+    local verdict=pass
+    RINGER_NAMESPACE=$ns "$bin/loadgen" --api-url http://127.0.0.1:18500 run --calls "$calls" --rate 0 \
+      --concurrency 64 --orgs 4 --endpoints 1 --inline-percent 0 --mix answered=1 \
+      --settle-seconds 600 --admin-bin "$bin/ringer-admin" --report-json "$work/e2e-$replicas.json" \
+      >"$work/e2e-$replicas.txt" 2>"$work/e2e-$replicas.err" || verdict=FAIL
+    # Peak resident memory of each process since it started, in kB.
+    for i in "${!pids[@]}"; do
+      local kb
+      kb=$(awk '/VmHWM/ {print $2}' "/proc/${pids[$i]}/status" 2>/dev/null || echo 0)
+      local key="${names[$i]}:$replicas"
+      [ "${kb:-0}" -gt "${peak[$key]:-0}" ] && peak[$key]=$kb
+    done
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+    RINGER_NAMESPACE=$ns "$bin/ringer-admin" topology delete --yes >/dev/null 2>&1 || true
+    local figures
+    figures=$(python3 -c "import json; f=json.load(open('$work/e2e-$replicas.json'))['figures']; print(f\"{f['end_to_end_calls_per_second']} | {f['creates_per_second']} | {f['e2e_latency_p50_ms']:.0f} ms | {f['e2e_latency_p99_ms']:.0f} ms\")" 2>/dev/null || echo "- | - | - | -")
+    rows+="| $replicas | $calls | $figures | $verdict |"$'\n'
+  done
+  local mem_rows="" name
+  for name in api "${workers[@]}"; do
+    mem_rows+="| ringer-$name | $(( ${peak[$name:1]:-0} / 1024 )) MiB | $(( ${peak[$name:2]:-0} / 1024 )) MiB |"$'\n'
+  done
+  cat <<MD
+## End to end: POST /v1/calls to delivered call.completed (issue 10)
+
+\`loadgen run\`: $calls answered calls (4 orgs, four \`returns\` schemas, one webhook endpoint per org,
+signatures verified), submitted as fast as 64 clients can, at \`RINGER_TIME_SCALE=0\`; the rate is
+calls / (last \`call.completed\` received − first POST). One api replica; every worker at 1 and 2
+replicas. Every process (Postgres, RabbitMQ, services, loadgen and its receiver) on the same $(nproc) cores.
+"audit" is loadgen's verdict on the run (every call terminal, charged once, every event delivered once).
+
+| worker replicas | calls | **e2e calls/s** (goal ≥ 300) | creates/s | POST → completed p50 | p99 | audit |
+|---|---|---|---|---|---|---|
+${rows}
+Peak resident memory (VmHWM, largest replica) under that load (goal < 60 MiB each):
+
+| binary | 1 replica each | 2 replicas each |
+|---|---|---|
+${mem_rows}
+MD
+}
+
+# BENCH_ONLY="api e2e" runs just those sections (and BENCH_OUT says where to
+# write, so that a partial run does not replace the full report).
+only=" ${BENCH_ONLY:-api e2e workers} "
+sections=()
+[[ $only == *" api "* ]] && sections+=("$(api_bench)")
+[[ $only == *" e2e "* ]] && sections+=("$(e2e_bench)")
+[[ $only == *" workers "* ]] || extras=()
+
+# Benchmarks of the workers, each a release binary printing a markdown section.
+for extra in "${extras[@]}"; do
+  log "running $extra"
+  fresh_db
+  sections+=("$("$bin/$extra")")
+done
+
+{
+  echo "# Benchmarks"
+  echo
+  echo "Produced by \`make bench\` (scripts/bench.sh) on $(date -u +%Y-%m-%dT%H:%MZ). Ratios compare against baselines measured in the same run."
+  echo
+  echo "## Machine"
+  echo
+  machine
+  echo
+  for section in "${sections[@]}"; do
+    echo "$section"
+    echo
+  done
+} > "$out"
+log "wrote $out"
