@@ -69,7 +69,10 @@ async fn a_worker_killed_after_its_commit_and_before_its_ack_charges_once(pool: 
     worker.await.unwrap().unwrap();
     assert_eq!(ready_messages(&test.broker, &queue).await, 0, "acked");
     for copy in billed.drain(Duration::from_millis(500)).await {
-        assert_eq!(copy.id, published.id, "one call.billed, maybe published twice");
+        assert_eq!(
+            copy.id, published.id,
+            "one call.billed, maybe published twice"
+        );
     }
     let entries = entries(&pool, event.call_id).await;
     assert_eq!(entries.charge.len(), 1);
