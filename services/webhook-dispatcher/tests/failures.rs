@@ -268,13 +268,15 @@ async fn outside_dev_mode_a_loopback_delivery_is_refused(pool: PgPool) {
         .unwrap()
         .to_owned();
     let org = seed_org(&pool).await;
+    // The endpoint first: a call.queued fanned out before it existed would
+    // never reach it.
+    create_endpoint(&pool, &org, &receiver.url, &["*"]).await;
     let literal = queued_call(
         &pool,
         &org,
         Some(&format!("https://127.0.0.1:{port}/hooks")),
     )
     .await;
-    create_endpoint(&pool, &org, &receiver.url, &["*"]).await;
 
     let rows = wait_for_deliveries(&pool, Duration::from_secs(10), "both finished", |rows| {
         rows.len() == 2 && rows.iter().all(|row| row.status == "exhausted")
@@ -308,7 +310,9 @@ async fn outside_dev_mode_a_loopback_delivery_is_refused(pool: PgPool) {
 async fn a_hanging_endpoint_does_not_delay_a_healthy_one(pool: PgPool) {
     let namespace = Namespace::new();
     let mut config = dispatcher_config(&pool, &namespace, 1.0);
-    config.attempt_timeout_seconds = 3;
+    // Healthy deliveries must not wait for the hanging attempts to time out.
+    let timeout = Duration::from_secs(6);
+    config.attempt_timeout_seconds = timeout.as_secs();
     let dispatcher = Dispatcher::start(config).await;
     let _hanging = Receiver::start(Plan {
         delay: Duration::from_secs(30),
@@ -325,11 +329,11 @@ async fn a_hanging_endpoint_does_not_delay_a_healthy_one(pool: PgPool) {
     for _ in 0..calls {
         queued_call(&pool, &org, None).await;
     }
-    healthy.take(calls, Duration::from_secs(5)).await;
+    healthy.take(calls, timeout).await;
     let elapsed = started.elapsed();
     assert!(
-        elapsed < Duration::from_secs(3),
-        "healthy endpoint took {elapsed:?}"
+        elapsed < timeout - Duration::from_secs(1),
+        "healthy endpoint took {elapsed:?}, about the hanging one's timeout of {timeout:?}"
     );
     let (in_flight,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM webhook_deliveries \
