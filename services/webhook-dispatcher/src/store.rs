@@ -200,15 +200,25 @@ pub async fn claim(
     let attempts: Vec<i32> = unique.iter().map(|request| request.attempts).collect();
     let mut tx = conn.begin().await?;
     // Ordered by id: claims lock in one order, whichever batch they are in.
+    // The earlier deliveries are looked up from each claimed one (`OFFSET 0`
+    // keeps the lateral subquery a per-row index probe): left to join freely,
+    // the planner may start from every pending delivery instead, when its
+    // statistics undercount them (a burst, a table not yet analyzed).
     sqlx::query(
-        "SELECT e.id FROM webhook_deliveries d JOIN webhook_deliveries e \
-           ON e.call_id = d.call_id AND e.destination = d.destination \
-         WHERE d.id = ANY($1) AND e.status = 'pending' AND e.sequence < d.sequence \
+        "SELECT e.id FROM webhook_deliveries d \
+         CROSS JOIN LATERAL ( \
+           SELECT p.id FROM webhook_deliveries p \
+           WHERE p.call_id = d.call_id AND p.destination = d.destination \
+             AND p.status = 'pending' AND p.sequence < d.sequence OFFSET 0) earlier \
+         JOIN webhook_deliveries e ON e.id = earlier.id \
+         WHERE d.id = ANY($1) \
          ORDER BY e.id FOR UPDATE OF e",
     )
     .bind(&ids)
     .execute(&mut *tx)
     .await?;
+    // `d.status = (SELECT 'pending')` in the update, for the reason given in
+    // `record`: found by primary key, never through the due index.
     let rows = sqlx::query(
         "WITH job AS (SELECT * FROM unnest($1::uuid[], $2::int4[]) AS j(id, attempts)), \
          me AS ( \
@@ -234,7 +244,7 @@ pub async fn claim(
              AND (me.next_attempt_at IS NULL OR me.next_attempt_at <= now() + make_interval(secs => $4)) \
              AND (me.lease_expires_at IS NULL OR me.lease_expires_at < now()) \
              AND NOT me.blocked \
-             AND d.status = 'pending' AND d.attempt_count = me.job_attempts \
+             AND d.status = (SELECT 'pending'::text) AND d.attempt_count = me.job_attempts \
              AND (d.lease_expires_at IS NULL OR d.lease_expires_at < now()) \
            RETURNING d.id, d.org_id, d.endpoint_id, d.call_id, d.event_type, d.sequence, d.url, \
              d.max_attempts, \
