@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use rand::RngExt;
 use ringer::consumer::{DeliveryInfo, Step, StepError};
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -34,6 +35,9 @@ const BATCH_MAX: usize = 128;
 const CLAIMS_IN_FLIGHT: usize = 4;
 /// An attempt slower than this marks its destination as struggling.
 const SLOW_ATTEMPT: Duration = Duration::from_secs(1);
+/// Times a claim or record batch is run again after Postgres aborted it to
+/// break a deadlock or a serialization conflict.
+const LOST_RACE_RETRIES: u32 = 3;
 
 /// One destination's cap on attempts in flight, and how its attempts go.
 pub struct Destination {
@@ -145,6 +149,8 @@ enum Claim {
     Leased,
     /// Parked behind an earlier pending delivery of the same call and destination.
     Waiting,
+    /// Parked until an earlier public event of the call is fanned out.
+    AwaitingEvents,
     Ready(Box<Claimed>),
 }
 
@@ -167,16 +173,22 @@ impl Dispatcher {
             move |requests: Vec<ClaimRequest>| {
                 let db = claim_db.clone();
                 async move {
-                    let mut conn = db.acquire().await?;
-                    Ok(store::claim(&mut conn, &requests, lease, EARLY_TOLERANCE).await?)
+                    retry_lost_races("claim", || async {
+                        let mut conn = db.acquire().await?;
+                        store::claim(&mut conn, &requests, lease, EARLY_TOLERANCE).await
+                    })
+                    .await
                 }
             },
         );
         let records = Batcher::spawn(BATCH_MAX, 1, move |records: Vec<Record>| {
             let db = db.clone();
             async move {
-                let mut conn = db.acquire().await?;
-                Ok(store::record(&mut conn, &records, schedule::DISABLE_AFTER_FAILURES).await?)
+                retry_lost_races("record", || async {
+                    let mut conn = db.acquire().await?;
+                    store::record(&mut conn, &records, schedule::DISABLE_AFTER_FAILURES).await
+                })
+                .await
             }
         });
         Self {
@@ -219,6 +231,9 @@ impl Dispatcher {
             .is_some_and(|until| until > state.now)
         {
             return Ok(Claim::Leased);
+        }
+        if state.awaiting_events {
+            return Ok(Claim::AwaitingEvents);
         }
         if state.blocked {
             return Ok(Claim::Waiting);
@@ -310,6 +325,18 @@ impl Dispatcher {
                     .increment(1);
                 return Ok(());
             }
+            Claim::AwaitingEvents => {
+                // The earlier event's fan-out wakes parked deliveries, but one
+                // committing while this claim parked ours cannot see the mark
+                // (its snapshot predates it). So the job also comes back on
+                // its own: after the throttle delay a few times, then after
+                // the shortest retry tier, until the events are in (or the
+                // wait for them runs out and it goes anyway).
+                metrics::counter!("ringer_webhook_jobs_parked_total", "reason" => "awaiting_events")
+                    .increment(1);
+                self.publisher.publish_throttled(&job, true).await?;
+                return Ok(());
+            }
             Claim::NotDue(wait) => {
                 let mut job = job;
                 job.throttled = 0;
@@ -385,6 +412,30 @@ impl Dispatcher {
             tracing::warn!(delivery_id = %claimed.id, %error, "publishing the follow-up job failed; the sweeper will");
         }
         Ok(())
+    }
+}
+
+/// Runs a batch statement again when Postgres aborted it to break a deadlock
+/// or a serialization conflict (it rolled back; nothing is half done), so one
+/// lost race does not send a whole batch of jobs back to the queue.
+async fn retry_lost_races<T, F, Fut>(what: &'static str, mut run: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match run().await {
+            Err(error) if tries < LOST_RACE_RETRIES && ringer::db::is_retryable(&error) => {
+                tries += 1;
+                metrics::counter!("ringer_webhook_batch_retries_total", "statement" => what)
+                    .increment(1);
+                tracing::debug!(%error, tries, "webhook {what} batch lost a race; running it again");
+                let jitter = rand::rng().random_range(0..10 * tries);
+                tokio::time::sleep(Duration::from_millis(u64::from(jitter))).await;
+            }
+            result => return Ok(result?),
+        }
     }
 }
 

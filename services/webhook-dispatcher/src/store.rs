@@ -138,6 +138,9 @@ pub struct ClaimState {
     /// An earlier pending delivery of the same call and destination exists, or
     /// an earlier public event of the call has not been fanned out yet.
     pub blocked: bool,
+    /// Blocked (at least) because an earlier public event of the call has not
+    /// been fanned out yet.
+    pub awaiting_events: bool,
 }
 
 /// A claimed delivery: everything an attempt needs.
@@ -199,19 +202,25 @@ pub async fn claim(
     let ids: Vec<Uuid> = unique.iter().map(|request| request.delivery_id).collect();
     let attempts: Vec<i32> = unique.iter().map(|request| request.attempts).collect();
     let mut tx = conn.begin().await?;
-    // Ordered by id: claims lock in one order, whichever batch they are in.
-    // The earlier deliveries are looked up from each claimed one (`OFFSET 0`
-    // keeps the lateral subquery a per-row index probe): left to join freely,
-    // the planner may start from every pending delivery instead, when its
-    // statistics undercount them (a burst, a table not yet analyzed).
+    // The claimed deliveries and the earlier pending ones of their calls are
+    // all locked here, ordered by id: claims (and records, which lock by id
+    // too) take their rows in one order, whichever batch they are in, so two
+    // batches holding deliveries of one call never wait for each other in a
+    // cycle. The earlier deliveries are looked up from each claimed one
+    // (`OFFSET 0` keeps the lateral subquery a per-row index probe): left to
+    // join freely, the planner may start from every pending delivery instead
+    // when its statistics undercount them (a burst, a table not yet analyzed).
     sqlx::query(
-        "SELECT e.id FROM webhook_deliveries d \
-         CROSS JOIN LATERAL ( \
-           SELECT p.id FROM webhook_deliveries p \
-           WHERE p.call_id = d.call_id AND p.destination = d.destination \
-             AND p.status = 'pending' AND p.sequence < d.sequence OFFSET 0) earlier \
-         JOIN webhook_deliveries e ON e.id = earlier.id \
-         WHERE d.id = ANY($1) \
+        "SELECT e.id FROM webhook_deliveries e \
+         WHERE e.id IN ( \
+           SELECT unnest($1::uuid[]) \
+           UNION ALL \
+           SELECT earlier.id FROM webhook_deliveries d \
+           CROSS JOIN LATERAL ( \
+             SELECT p.id FROM webhook_deliveries p \
+             WHERE p.call_id = d.call_id AND p.destination = d.destination \
+               AND p.status = 'pending' AND p.sequence < d.sequence OFFSET 0) earlier \
+           WHERE d.id = ANY($1)) \
          ORDER BY e.id FOR UPDATE OF e",
     )
     .bind(&ids)
@@ -224,15 +233,15 @@ pub async fn claim(
          me AS ( \
            SELECT d.id AS job_id, d.status, d.attempt_count, d.next_attempt_at, d.lease_expires_at, \
              j.attempts AS job_attempts, \
-             (EXISTS (SELECT 1 FROM webhook_deliveries e \
+             EXISTS (SELECT 1 FROM webhook_deliveries e \
                       WHERE e.call_id = d.call_id AND e.destination = d.destination \
-                        AND e.status = 'pending' AND e.sequence < d.sequence) \
-              OR EXISTS (SELECT 1 FROM webhook_messages m \
+                        AND e.status = 'pending' AND e.sequence < d.sequence) AS behind, \
+             EXISTS (SELECT 1 FROM webhook_messages m \
                       WHERE m.event_id = d.event_id AND m.predecessors IS NOT NULL \
                         AND m.created_at > now() - make_interval(secs => $5) \
                         AND (SELECT count(*) FROM webhook_messages p \
                              WHERE p.call_id = d.call_id AND p.sequence < d.sequence) \
-                            < m.predecessors)) AS blocked \
+                            < m.predecessors) AS awaiting_events \
            FROM job j JOIN webhook_deliveries d ON d.id = j.id WHERE d.id = ANY($1)), \
          claimed AS ( \
            UPDATE webhook_deliveries d \
@@ -243,7 +252,7 @@ pub async fn claim(
              AND me.attempt_count = me.job_attempts \
              AND (me.next_attempt_at IS NULL OR me.next_attempt_at <= now() + make_interval(secs => $4)) \
              AND (me.lease_expires_at IS NULL OR me.lease_expires_at < now()) \
-             AND NOT me.blocked \
+             AND NOT me.behind AND NOT me.awaiting_events \
              AND d.status = (SELECT 'pending'::text) AND d.attempt_count = me.job_attempts \
              AND (d.lease_expires_at IS NULL OR d.lease_expires_at < now()) \
            RETURNING d.id, d.org_id, d.endpoint_id, d.call_id, d.event_type, d.sequence, d.url, \
@@ -261,9 +270,9 @@ pub async fn claim(
          parked AS ( \
            UPDATE webhook_deliveries d SET waiting = true FROM me \
            WHERE d.id = ANY($1) AND d.id = me.job_id AND me.status = 'pending' AND NOT d.waiting \
-             AND me.blocked) \
+             AND (me.behind OR me.awaiting_events)) \
          SELECT me.job_id, me.status, me.attempt_count, me.next_attempt_at, me.lease_expires_at, \
-           now() AS now, me.blocked, \
+           now() AS now, me.behind OR me.awaiting_events AS blocked, me.awaiting_events, \
            c.id, c.org_id, c.endpoint_id, c.call_id, c.event_type, c.sequence, c.url, \
            c.max_attempts, c.body, c.endpoint_state, c.secrets \
          FROM me LEFT JOIN claimed c ON c.id = me.job_id",
@@ -410,6 +419,8 @@ pub async fn record(
                 .map(|a| i32::try_from(a.duration.as_millis()).unwrap_or(i32::MAX))
         })
         .collect();
+    // The rows are locked in id order (`locked`) before any is updated, as the
+    // claims lock theirs, so a record never waits in a cycle with a claim.
     // `status = (SELECT 'pending')`, not `= 'pending'`: the literal matches the
     // predicate of `webhook_deliveries_due`, and the planner would AND a scan
     // of that whole index (every pending delivery) into this primary-key lookup.
@@ -419,6 +430,8 @@ pub async fn record(
                                 $6::text[], $7::int4[], $8::timestamptz[], $9::text[], $10::int4[]) \
              AS r(id, claimed, status, attempted, delay, error, response_status, started_at, \
                   excerpt, duration_ms)), \
+         locked AS ( \
+           SELECT l.id FROM webhook_deliveries l WHERE l.id = ANY($1) ORDER BY l.id FOR UPDATE), \
          updated AS ( \
            UPDATE webhook_deliveries d SET \
              status = r.status, \
@@ -430,7 +443,7 @@ pub async fn record(
                                          ELSE d.last_response_status END, \
              delivered_at = CASE WHEN r.status = 'delivered' THEN now() ELSE d.delivered_at END, \
              lease_expires_at = NULL, enqueued_at = now(), updated_at = now() \
-           FROM input r \
+           FROM input r JOIN locked k ON k.id = r.id \
            WHERE d.id = ANY($1) AND d.id = r.id AND d.attempt_count = r.claimed \
              AND d.status = (SELECT 'pending'::text) \
            RETURNING d.id, d.endpoint_id, d.call_id, d.destination, d.sequence, d.attempt_count, \

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ringer::events::EventType;
+use ringer::events::{Event, EventType};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -346,9 +346,6 @@ async fn publish_event(namespace: &Namespace, event: &ringer::events::Event) {
 
 #[sqlx::test(migrations = "../../migrations")]
 async fn an_earlier_event_arriving_late_is_still_delivered_first(pool: PgPool) {
-    use ringer::call::CallStatus;
-    use ringer::events::Event;
-
     let namespace = Namespace::new();
     let dispatcher = Dispatcher::start(dispatcher_config(&pool, &namespace, 0.0)).await;
     let mut everything = Receiver::start(Plan::default()).await;
@@ -360,8 +357,53 @@ async fn an_earlier_event_arriving_late_is_still_delivered_first(pool: PgPool) {
     let first = everything.take(1, Duration::from_secs(10)).await;
     assert_eq!(first[0].event_type(), "call.queued");
 
-    // The Call as the dialer's events carry it; the internal events (ended,
-    // result ready, billed) take sequences 4 to 6.
+    let [ringing, answered, completed] = dialer_events(&org, &call);
+    publish_event(&namespace, &ringing).await;
+    assert_eq!(
+        everything.take(1, Duration::from_secs(10)).await[0].event_type(),
+        "call.ringing"
+    );
+    // `call.answered` is late (its first delivery died with a dispatcher, say):
+    // `call.completed` must wait for it, even where no delivery of it exists yet.
+    publish_event(&namespace, &completed).await;
+    assert!(
+        everything
+            .drain(Duration::from_millis(800))
+            .await
+            .is_empty(),
+        "call.completed is held back until call.answered has been fanned out"
+    );
+    assert!(
+        completed_only
+            .drain(Duration::from_millis(100))
+            .await
+            .is_empty(),
+        "also at an endpoint that does not receive call.answered"
+    );
+    publish_event(&namespace, &answered).await;
+    let rest: Vec<String> = everything
+        .take(2, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(Received::event_type)
+        .collect();
+    assert_eq!(rest, ["call.answered", "call.completed"]);
+    let completed_only: Vec<String> = completed_only
+        .take(1, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(Received::event_type)
+        .collect();
+    assert_eq!(completed_only, ["call.completed"]);
+    dispatcher.stop().await;
+    namespace.cleanup().await;
+}
+
+/// The dialer's public events of `call`, with the Call as each carries it:
+/// ringing (sequence 2), answered (3) and completed (7; the internal events
+/// ended, result ready and billed take 4 to 6).
+fn dialer_events(org: &ringer::testing::TestOrg, call: &ringer::call::Call) -> [Event; 3] {
+    use ringer::call::CallStatus;
     let now = chrono::Utc::now();
     let event = |event_type, sequence, call: &ringer::call::Call| Event {
         id: Uuid::now_v7(),
@@ -382,45 +424,47 @@ async fn an_earlier_event_arriving_late_is_still_delivered_first(pool: PgPool) {
     let mut completed = answered.clone();
     completed.status = CallStatus::Completed;
     completed.ended_at = Some(now);
-    let answered_event = event(EventType::CallAnswered, 3, &answered);
+    [
+        event(EventType::CallRinging, 2, &ringing),
+        event(EventType::CallAnswered, 3, &answered),
+        event(EventType::CallCompleted, 7, &completed),
+    ]
+}
 
-    publish_event(&namespace, &event(EventType::CallRinging, 2, &ringing)).await;
-    assert_eq!(
-        everything.take(1, Duration::from_secs(10)).await[0].event_type(),
-        "call.ringing"
-    );
-    // `call.answered` is late (its first delivery died with a dispatcher, say):
-    // `call.completed` must wait for it, even where no delivery of it exists yet.
-    publish_event(&namespace, &event(EventType::CallCompleted, 7, &completed)).await;
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_delivery_parked_for_a_late_event_goes_even_if_its_wake_up_is_missed(pool: PgPool) {
+    let namespace = Namespace::new();
+    let mut config = dispatcher_config(&pool, &namespace, 0.0);
+    // The sweeper is out of reach: only the dispatcher's own look-again counts.
+    config.sweep_after_seconds = 600;
+    let dispatcher = Dispatcher::start(config).await;
+    let mut receiver = Receiver::start(Plan::default()).await;
+    let org = seed_org(&pool).await;
+    create_endpoint(&pool, &org, &receiver.url, &["call.completed"]).await;
+    let call = queued_call(&pool, &org, None).await;
+    let [ringing, answered, completed] = dialer_events(&org, &call);
+    publish_event(&namespace, &ringing).await;
+    publish_event(&namespace, &completed).await;
     assert!(
-        everything
-            .drain(Duration::from_millis(800))
-            .await
-            .is_empty(),
-        "call.completed is held back until call.answered has been fanned out"
+        receiver.drain(Duration::from_millis(800)).await.is_empty(),
+        "call.completed waits for call.answered"
     );
-    assert!(
-        completed_only
-            .drain(Duration::from_millis(100))
-            .await
-            .is_empty(),
-        "also at an endpoint that does not receive call.answered"
-    );
-    publish_event(&namespace, &answered_event).await;
-    let rest: Vec<String> = everything
-        .take(2, Duration::from_secs(10))
-        .await
-        .iter()
-        .map(Received::event_type)
-        .collect();
-    assert_eq!(rest, ["call.answered", "call.completed"]);
-    let completed_only: Vec<String> = completed_only
-        .take(1, Duration::from_secs(10))
-        .await
-        .iter()
-        .map(Received::event_type)
-        .collect();
-    assert_eq!(completed_only, ["call.completed"]);
+    // call.answered's fan-out commits without waking the parked delivery, as
+    // one racing the claim that parked it does (its snapshot predates the mark).
+    sqlx::query(
+        "INSERT INTO webhook_messages (event_id, org_id, call_id, event_type, sequence, body) \
+         VALUES ($1, $2, $3, $4, $5, '{}')",
+    )
+    .bind(answered.id)
+    .bind(org.id)
+    .bind(call.id)
+    .bind(answered.event_type.as_str())
+    .bind(answered.sequence)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let got = receiver.take(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].event_type(), "call.completed");
     dispatcher.stop().await;
     namespace.cleanup().await;
 }
