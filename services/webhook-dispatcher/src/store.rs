@@ -419,8 +419,18 @@ pub async fn record(
                 .map(|a| i32::try_from(a.duration.as_millis()).unwrap_or(i32::MAX))
         })
         .collect();
-    // The rows are locked in id order (`locked`) before any is updated, as the
-    // claims lock theirs, so a record never waits in a cycle with a claim.
+    // The rows are locked first, in a statement of their own, ordered by id as
+    // the claims lock theirs: a record never waits in a cycle with a claim, and
+    // the statement that looks for successors takes its snapshot after any
+    // claim that locked one of these rows first has committed. (Its snapshot
+    // taken before such a claim parked the next delivery behind this one, and
+    // before that delivery's fan-out committed, it would not see the delivery
+    // to name it as successor, and the delivery would wait for the sweeper.)
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT id FROM webhook_deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
     // `status = (SELECT 'pending')`, not `= 'pending'`: the literal matches the
     // predicate of `webhook_deliveries_due`, and the planner would AND a scan
     // of that whole index (every pending delivery) into this primary-key lookup.
@@ -430,8 +440,6 @@ pub async fn record(
                                 $6::text[], $7::int4[], $8::timestamptz[], $9::text[], $10::int4[]) \
              AS r(id, claimed, status, attempted, delay, error, response_status, started_at, \
                   excerpt, duration_ms)), \
-         locked AS ( \
-           SELECT l.id FROM webhook_deliveries l WHERE l.id = ANY($1) ORDER BY l.id FOR UPDATE), \
          updated AS ( \
            UPDATE webhook_deliveries d SET \
              status = r.status, \
@@ -443,7 +451,7 @@ pub async fn record(
                                          ELSE d.last_response_status END, \
              delivered_at = CASE WHEN r.status = 'delivered' THEN now() ELSE d.delivered_at END, \
              lease_expires_at = NULL, enqueued_at = now(), updated_at = now() \
-           FROM input r JOIN locked k ON k.id = r.id \
+           FROM input r \
            WHERE d.id = ANY($1) AND d.id = r.id AND d.attempt_count = r.claimed \
              AND d.status = (SELECT 'pending'::text) \
            RETURNING d.id, d.endpoint_id, d.call_id, d.destination, d.sequence, d.attempt_count, \
@@ -512,8 +520,9 @@ pub async fn record(
     .bind(&excerpts)
     .bind(&durations)
     .bind(disable_after)
-    .fetch_all(conn)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     let mut found: HashMap<Uuid, Recorded> = HashMap::with_capacity(rows.len());
     let mut disabled_told = std::collections::HashSet::new();
     for row in rows {

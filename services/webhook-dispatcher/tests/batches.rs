@@ -241,3 +241,69 @@ async fn failures_recorded_together_add_up_and_a_success_among_them_resets(pool:
     );
     assert_eq!(endpoint(flaky).await, (0, "enabled".to_owned(), None));
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_record_that_waited_for_a_claim_frees_the_delivery_that_claim_parked(pool: PgPool) {
+    let org = seed_org(&pool).await;
+    create_endpoint(&pool, &org, "http://127.0.0.1:9/a", &["*"]).await;
+    let call = queued_call(&pool, &org, None).await;
+    let queued = fanned_out(&pool, &org, &call, &[EventType::CallQueued]).await[0].id;
+    let mut conn = pool.acquire().await.unwrap();
+    let answers = store::claim(&mut conn, &[request(queued)], LEASE, EARLY)
+        .await
+        .unwrap();
+    assert!(answers[0].as_ref().unwrap().1.is_some());
+
+    // The claim of a later delivery has locked `queued` (its first statement)...
+    let mut claim = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM webhook_deliveries WHERE id = $1 FOR UPDATE")
+        .bind(queued)
+        .execute(&mut *claim)
+        .await
+        .unwrap();
+    // ...when the record of `queued` starts and waits for it.
+    let recording = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.acquire().await.unwrap();
+            store::record(&mut conn, &[record(queued, Outcome::Delivered, 200)], 10)
+                .await
+                .unwrap()
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (blocked,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if blocked > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the record never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Meanwhile the later event is fanned out, and the claim, which still saw
+    // `queued` pending, parks its delivery and commits.
+    let ringing = fanned_out(&pool, &org, &call, &[EventType::CallRinging]).await[0].id;
+    sqlx::query("UPDATE webhook_deliveries SET waiting = true WHERE id = $1")
+        .bind(ringing)
+        .execute(&mut *claim)
+        .await
+        .unwrap();
+    claim.commit().await.unwrap();
+
+    let recorded = recording.await.unwrap();
+    assert!(recorded[0].recorded);
+    assert_eq!(
+        recorded[0].successor.as_ref().map(|s| s.id),
+        Some(ringing),
+        "the record names the parked delivery, which would otherwise wait for the sweeper"
+    );
+}
