@@ -396,10 +396,21 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     let total = args.throughput_events * args.endpoints;
     let throughput = total as f64 / elapsed.as_secs_f64();
-    eprintln!("throughput: {total} deliveries in {elapsed:?} = {throughput:.0}/s");
-    for path in &paths {
-        arrivals.take(path);
-    }
+    // The same run without the process's start-up (pools, broker, topology):
+    // from the first delivery's arrival to the last one's.
+    let arrived: Vec<Instant> = paths
+        .iter()
+        .flat_map(|path| arrivals.take(path))
+        .map(|(_, at)| at)
+        .collect();
+    let first = arrived.iter().min().copied().unwrap_or(started);
+    let last = arrived.iter().max().copied().unwrap_or(started);
+    let delivering = last.duration_since(first);
+    let steady = (total.saturating_sub(1)) as f64 / delivering.as_secs_f64().max(f64::EPSILON);
+    eprintln!(
+        "throughput: {total} deliveries in {elapsed:?} = {throughput:.0}/s; \
+         first to last delivery {delivering:?} = {steady:.0}/s"
+    );
     bench.clear_endpoints().await?;
 
     // 2. Latency at a steady rate, one healthy endpoint.
@@ -441,14 +452,18 @@ async fn run(args: &Args, database_url: &str) -> anyhow::Result<()> {
     println!("| webhook benchmark | result | goal |");
     println!("|---|---|---|");
     println!(
-        "| throughput ({} events × {} endpoints, receiver answers 200 at once) | {throughput:.0} deliveries/s ({total} in {:.2} s) | ≥ 2,000/s |",
+        "| throughput ({} events × {} endpoints committed first, receiver answers 200 at once), first delivery to last | **{steady:.0} deliveries/s** ({total} in {:.2} s) | ≥ 2,000/s |",
         args.throughput_events,
         args.endpoints,
+        delivering.as_secs_f64()
+    );
+    println!(
+        "| same run, from the dispatcher's start (its start-up included) | {throughput:.0} deliveries/s ({total} in {:.2} s) | |",
         elapsed.as_secs_f64()
     );
     println!(
         "| baseline: the same signed POSTs to the same receiver, same concurrency, no database or broker | {bare:.0} POSTs/s; **dispatcher / bare = {:.2}** | |",
-        throughput / bare
+        steady / bare
     );
     println!(
         "| commit → receiver at {} events/s for {} s, p50 / p99 ({} of {alone_total} arrived) | {} / {} | p99 < 100 ms |",
