@@ -111,6 +111,39 @@ MD
 # from the first `POST /v1/calls` to the last delivered `call.completed`, with
 # one and then two replicas of each worker (one api); peak resident memory
 # (VmHWM) of every binary under that load. The run's audit must pass too.
+# CPU time so far (clock ticks, user + system) per process: ours by pid, and
+# every Postgres and RabbitMQ process (a backend that exits mid-run is missed).
+cpu_snapshot() {
+  local pid
+  for pid in "$@" $(pgrep -x postgres) $(pgrep -f beam.smp); do
+    [ -r "/proc/$pid/stat" ] || continue
+    awk -v pid="$pid" '{ sub(/^.*\) /, ""); print pid, $12 + $13 }' "/proc/$pid/stat"
+  done
+}
+
+# Adds the run's CPU seconds by program to e2e_cpu (a table row per program).
+cpu_split() {
+  local replicas=$1 hz i
+  hz=$(getconf CLK_TCK)
+  declare -A before=() seconds=()
+  while read -r pid ticks; do before[$pid]=$ticks; done <"$work/e2e-cpu-before-$replicas"
+  declare -A program=()
+  for i in "${!pids[@]}"; do program[${pids[$i]}]="ringer-${names[$i]}"; done
+  while read -r pid ticks; do
+    local name=${program[$pid]:-}
+    if [ -z "$name" ]; then
+      name=$(tr -d '\0' <"/proc/$pid/comm" 2>/dev/null || echo other)
+      case $name in postgres*) name=postgres ;; beam*) name=rabbitmq ;; esac
+    fi
+    seconds[$name]=$(( ${seconds[$name]:-0} + ticks - ${before[$pid]:-0} ))
+  done <"$work/e2e-cpu-after-$replicas"
+  local name
+  for name in "${!seconds[@]}"; do
+    e2e_cpu[$name:$replicas]=$(awk -v t="${seconds[$name]}" -v hz="$hz" -v n="$calls" \
+      'BEGIN { printf "%.1f s (%.2f ms/call)", t / hz, 1000 * t / hz / n }')
+  done
+}
+
 e2e_bench() {
   cargo build --release -p ringer-dialer -p ringer-extractor -p ringer-billing \
     -p ringer-webhook-dispatcher --bins >&2
@@ -118,6 +151,7 @@ e2e_bench() {
   local workers=(dialer extractor billing webhook-dispatcher)
   local rows="" replicas
   declare -A peak=()
+  declare -gA e2e_cpu=()
   for replicas in 1 2; do
     fresh_db
     local ns="e2e$RANDOM" port=18500 pids=() names=() svc i
@@ -139,10 +173,13 @@ e2e_bench() {
     done
     log "end to end: $calls answered calls, $replicas replica(s) of each worker, time scale 0"
     local verdict=pass
+    cpu_snapshot "${pids[@]}" >"$work/e2e-cpu-before-$replicas"
     RINGER_NAMESPACE=$ns "$bin/loadgen" --api-url http://127.0.0.1:18500 run --calls "$calls" --rate 0 \
       --concurrency 64 --orgs 4 --endpoints 1 --inline-percent 0 --mix answered=1 \
       --settle-seconds 600 --admin-bin "$bin/ringer-admin" --report-json "$work/e2e-$replicas.json" \
       >"$work/e2e-$replicas.txt" 2>"$work/e2e-$replicas.err" || verdict=FAIL
+    cpu_snapshot "${pids[@]}" >"$work/e2e-cpu-after-$replicas"
+    cpu_split "$replicas"
     # Peak resident memory of each process since it started, in kB.
     for i in "${!pids[@]}"; do
       local kb
@@ -157,9 +194,12 @@ e2e_bench() {
     figures=$(python3 -c "import json; f=json.load(open('$work/e2e-$replicas.json'))['figures']; print(f\"{f['end_to_end_calls_per_second']} | {f['creates_per_second']} | {f['e2e_latency_p50_ms']:.0f} ms | {f['e2e_latency_p99_ms']:.0f} ms\")" 2>/dev/null || echo "- | - | - | -")
     rows+="| $replicas | $calls | $figures | $verdict |"$'\n'
   done
-  local mem_rows="" name
+  local mem_rows="" cpu_rows="" name
   for name in api "${workers[@]}"; do
     mem_rows+="| ringer-$name | $(( ${peak[$name:1]:-0} / 1024 )) MiB | $(( ${peak[$name:2]:-0} / 1024 )) MiB |"$'\n'
+  done
+  for name in postgres rabbitmq ringer-api "${workers[@]/#/ringer-}"; do
+    cpu_rows+="| $name | ${e2e_cpu[$name:1]:--} | ${e2e_cpu[$name:2]:--} |"$'\n'
   done
   cat <<MD
 ## End to end: POST /v1/calls to delivered call.completed (issue 10)
@@ -173,6 +213,12 @@ replicas. Every process (Postgres, RabbitMQ, services, loadgen and its receiver)
 | worker replicas | calls | **e2e calls/s** (goal ≥ 300) | creates/s | POST → completed p50 | p99 | audit |
 |---|---|---|---|---|---|---|
 ${rows}
+Where the CPU went while loadgen ran (user + system seconds, all replicas of a program summed;
+per call = seconds / calls). The rest of the machine's time went to loadgen, its receiver and the kernel.
+
+| program | 1 replica each | 2 replicas each |
+|---|---|---|
+${cpu_rows}
 Peak resident memory (VmHWM, largest replica) under that load (goal < 60 MiB each):
 
 | binary | 1 replica each | 2 replicas each |

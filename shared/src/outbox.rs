@@ -158,6 +158,9 @@ pub async fn relay_batch(pool: &PgPool, broker: &Broker, batch: i64) -> anyhow::
     Ok(published.len())
 }
 
+/// Shortest time between the starts of two relay passes woken by notifications.
+const PASS_GAP: Duration = Duration::from_millis(10);
+
 /// Runs the relay until `shutdown`: publishes whenever a commit notifies the
 /// channel, and polls every `poll` in case a notification was missed.
 pub async fn run_relay(
@@ -185,6 +188,7 @@ pub async fn run_relay(
         if shutdown.is_cancelled() {
             break;
         }
+        let last_pass = Instant::now();
         let outcome = relay_batch(&pool, &broker, batch).await;
         let more = match outcome {
             Ok(published) => published as i64 >= batch,
@@ -215,6 +219,16 @@ pub async fn run_relay(
                         if let Err(error) = notification {
                             tracing::warn!(%error, "outbox LISTEN connection lost; reconnecting");
                         }
+                        // Under load every commit notifies every relay, and a
+                        // pass per notification left most relays polling an
+                        // empty table (their peers had taken the rows): passes
+                        // start at most every PASS_GAP, each answering every
+                        // commit notified so far. An idle relay answers at once.
+                        let wait = PASS_GAP.saturating_sub(last_pass.elapsed());
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
+                        while listener.next_buffered().is_some() {}
                     }
                     _ = tokio::time::sleep(poll) => {}
                 }
