@@ -215,6 +215,12 @@ pub struct Ringing {
 /// `initiated → ringing`: sets `started_at`, renews the lease, takes an event
 /// sequence number. Refused (no row back) when a cancel is pending: the call is
 /// then canceled without ever showing as ringing.
+///
+/// The status is matched through `(SELECT 'initiated')` here and in
+/// [`mark_answered`]: a literal matches the predicate of `calls_on_the_line`,
+/// and with statistics that undercount live calls (a burst, a table not yet
+/// analyzed) the planner scanned that whole index (every live call, ~700
+/// buffers a batch in the e2e bench) instead of finding the batch by id.
 pub async fn mark_ringing(
     conn: &mut PgConnection,
     dialer_id: &str,
@@ -231,7 +237,8 @@ pub async fn mark_ringing(
            event_seq = event_seq + 1 \
          FROM UNNEST($3::uuid[], $4::timestamptz[], $5::text[]) \
            AS v(v_id, v_started_at, v_carrier_call_id) \
-         WHERE id = v.v_id AND dialer_id = $1 AND status = 'initiated' AND ended_at IS NULL \
+         WHERE id = v.v_id AND dialer_id = $1 AND status = (SELECT 'initiated'::text) \
+           AND ended_at IS NULL \
            AND cancel_requested_at IS NULL \
          RETURNING event_seq, org_id, ",
         call_columns!()
@@ -271,7 +278,8 @@ pub async fn mark_answered(
            event_seq = event_seq + 1 \
          FROM UNNEST($3::uuid[], $4::timestamptz[], $5::text[]) \
            AS v(v_id, v_answered_at, v_answered_by) \
-         WHERE id = v.v_id AND dialer_id = $1 AND status = 'ringing' AND ended_at IS NULL \
+         WHERE id = v.v_id AND dialer_id = $1 AND status = (SELECT 'ringing'::text) \
+           AND ended_at IS NULL \
            AND cancel_requested_at IS NULL \
          RETURNING event_seq, org_id, ",
         call_columns!()
