@@ -249,7 +249,7 @@ done
 {
   echo "# Benchmarks"
   echo
-  echo "Produced by \`make bench\` (scripts/bench.sh) on $(date -u +%Y-%m-%dT%H:%MZ). Ratios compare against baselines measured in the same run."
+  echo "Produced by \`make bench\` (scripts/bench.sh) on $(date -u +%Y-%m-%dT%H:%MZ). Ratios compare against baselines measured in the same run. This machine is shared: absolute figures of the same build move by tens of percent from one run to the next, so compare ratios, or runs made back to back."
   echo
   echo "## Machine"
   echo
