@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rand::RngExt;
 use ringer::consumer::{DeliveryInfo, Step, StepError};
+use ringer::retry::{Failure, RetryPolicy};
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -35,9 +35,11 @@ const BATCH_MAX: usize = 128;
 const CLAIMS_IN_FLIGHT: usize = 4;
 /// An attempt slower than this marks its destination as struggling.
 const SLOW_ATTEMPT: Duration = Duration::from_secs(1);
-/// Times a claim or record batch is run again after Postgres aborted it to
-/// break a deadlock or a serialization conflict.
-const LOST_RACE_RETRIES: u32 = 3;
+/// Runs of a claim or record batch at most (the first and three more) when
+/// Postgres aborts it to break a deadlock or a serialization conflict, and the
+/// pause before the first rerun (doubling, with jitter).
+const LOST_RACE_ATTEMPTS: u32 = 4;
+const LOST_RACE_PAUSE: Duration = Duration::from_millis(5);
 
 /// One destination's cap on attempts in flight, and how its attempts go.
 pub struct Destination {
@@ -423,20 +425,26 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = sqlx::Result<T>>,
 {
-    let mut tries = 0;
-    loop {
-        match run().await {
-            Err(error) if tries < LOST_RACE_RETRIES && ringer::db::is_retryable(&error) => {
-                tries += 1;
-                metrics::counter!("ringer_webhook_batch_retries_total", "statement" => what)
-                    .increment(1);
-                tracing::debug!(%error, tries, "webhook {what} batch lost a race; running it again");
-                let jitter = rand::rng().random_range(0..10 * tries);
-                tokio::time::sleep(Duration::from_millis(u64::from(jitter))).await;
-            }
-            result => return Ok(result?),
+    let policy = RetryPolicy::new(LOST_RACE_ATTEMPTS, LOST_RACE_PAUSE);
+    ringer::retry::retry(&policy, |attempt| {
+        if attempt > 1 {
+            metrics::counter!("ringer_webhook_batch_retries_total", "statement" => what)
+                .increment(1);
         }
-    }
+        let pending = run();
+        async move {
+            pending.await.map_err(|error| {
+                if ringer::db::is_retryable(&error) {
+                    tracing::debug!(%error, attempt, "webhook {what} batch lost a race");
+                    Failure::transient(error)
+                } else {
+                    Failure::permanent(error)
+                }
+            })
+        }
+    })
+    .await
+    .map_err(|failed| failed.error.into())
 }
 
 impl Step for Dispatcher {
