@@ -237,7 +237,7 @@ impl Dispatcher {
         if state.awaiting_events {
             return Ok(Claim::AwaitingEvents);
         }
-        if state.blocked {
+        if state.behind {
             return Ok(Claim::Waiting);
         }
         // Lost a race with another copy of the job.

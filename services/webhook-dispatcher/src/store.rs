@@ -135,11 +135,9 @@ pub struct ClaimState {
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub now: DateTime<Utc>,
-    /// An earlier pending delivery of the same call and destination exists, or
-    /// an earlier public event of the call has not been fanned out yet.
-    pub blocked: bool,
-    /// Blocked (at least) because an earlier public event of the call has not
-    /// been fanned out yet.
+    /// An earlier delivery of the same call and destination is still pending.
+    pub behind: bool,
+    /// An earlier public event of the call has not been fanned out yet.
     pub awaiting_events: bool,
 }
 
@@ -272,7 +270,7 @@ pub async fn claim(
            WHERE d.id = ANY($1) AND d.id = me.job_id AND me.status = 'pending' AND NOT d.waiting \
              AND (me.behind OR me.awaiting_events)) \
          SELECT me.job_id, me.status, me.attempt_count, me.next_attempt_at, me.lease_expires_at, \
-           now() AS now, me.behind OR me.awaiting_events AS blocked, me.awaiting_events, \
+           now() AS now, me.behind, me.awaiting_events, \
            c.id, c.org_id, c.endpoint_id, c.call_id, c.event_type, c.sequence, c.url, \
            c.max_attempts, c.body, c.endpoint_state, c.secrets \
          FROM me LEFT JOIN claimed c ON c.id = me.job_id",

@@ -116,7 +116,7 @@ async fn a_batch_claims_each_delivery_once_parks_the_blocked_and_records_once(po
     assert_eq!(claimed.as_ref().map(|c| c.id), Some(queued));
     let (state, claimed) = answers[1].as_ref().expect("known");
     assert!(
-        claimed.is_none() && state.blocked,
+        claimed.is_none() && state.behind,
         "ringing waits for queued"
     );
     assert!(waiting(&pool, ringing).await);
