@@ -234,3 +234,54 @@ pub async fn insert_queued_call(pool: &PgPool, new: &crate::call::NewCall) -> cr
     tx.commit().await.expect("commit");
     call
 }
+
+/// Makes every statement `conn` prepares from now on keep a generic plan, as
+/// a long-lived pooled connection ends up doing: with the tables still empty,
+/// the plans are what a new database, or tables that grew faster than anything
+/// analyzed them, leave cached. Follow with [`assert_cached_plans_find_rows_by_index`].
+pub async fn cache_generic_plans(conn: &mut sqlx::PgConnection) {
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .expect("setting plan_cache_mode");
+}
+
+/// Fails the test when the cached plan of any statement `conn` has prepared
+/// reads one of `tables` (those that grow with every call) by a whole-table
+/// scan: such a plan, cached while the table was small, gets slower with every
+/// row. Returns how many statements were checked.
+pub async fn assert_cached_plans_find_rows_by_index(
+    conn: &mut sqlx::PgConnection,
+    tables: &[&str],
+) -> usize {
+    let statements: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT name, statement, cardinality(parameter_types) FROM pg_prepared_statements \
+         WHERE statement NOT LIKE '%pg_prepared_statements%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .expect("listing prepared statements");
+    for (name, statement, parameters) in &statements {
+        // The name is Postgres's own (sqlx_s_…), the arguments literal NULLs.
+        let arguments = match usize::try_from(*parameters).unwrap_or(0) {
+            0 => String::new(),
+            n => format!("({})", vec!["NULL"; n].join(", ")),
+        };
+        let explain = sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE {name}{arguments}"));
+        let plan: Vec<String> = sqlx::query_scalar(explain)
+            .fetch_all(&mut *conn)
+            .await
+            .expect("explaining a prepared statement");
+        let whole_table = |line: &String| {
+            tables
+                .iter()
+                .any(|table| line.contains(&format!("Seq Scan on {table} ")))
+        };
+        assert!(
+            !plan.iter().any(whole_table),
+            "a whole-table scan in the cached plan of\n{statement}\n{}",
+            plan.join("\n")
+        );
+    }
+    statements.len()
+}

@@ -204,28 +204,39 @@ pub async fn claim(
     // all locked here, ordered by id: claims (and records, which lock by id
     // too) take their rows in one order, whichever batch they are in, so two
     // batches holding deliveries of one call never wait for each other in a
-    // cycle. The earlier deliveries are looked up from each claimed one
-    // (`OFFSET 0` keeps the lateral subquery a per-row index probe): left to
-    // join freely, the planner may start from every pending delivery instead
-    // when its statistics undercount them (a burst, a table not yet analyzed).
+    // cycle.
+    //
+    // Every row is reached by an index probe, whatever the planner believes
+    // of the table's size: a plan cached while the table was small (a new
+    // database, or statistics not yet gathered after a burst) would otherwise
+    // keep scanning the whole table long after it has grown. `OFFSET 0` keeps
+    // a lateral subquery a per-row probe; the ids collected are sorted, and
+    // each is locked by its own probe in that order.
     sqlx::query(
-        "SELECT e.id FROM webhook_deliveries e \
-         WHERE e.id IN ( \
-           SELECT unnest($1::uuid[]) \
-           UNION ALL \
-           SELECT earlier.id FROM webhook_deliveries d \
-           CROSS JOIN LATERAL ( \
-             SELECT p.id FROM webhook_deliveries p \
-             WHERE p.call_id = d.call_id AND p.destination = d.destination \
-               AND p.status = 'pending' AND p.sequence < d.sequence OFFSET 0) earlier \
-           WHERE d.id = ANY($1)) \
-         ORDER BY e.id FOR UPDATE OF e",
+        "SELECT locked.id FROM ( \
+           SELECT DISTINCT w.id FROM unnest(ARRAY( \
+             SELECT unnest($1::uuid[]) \
+             UNION ALL \
+             SELECT earlier.id FROM unnest($1::uuid[]) AS j(id) \
+             CROSS JOIN LATERAL ( \
+               SELECT d.call_id, d.destination, d.sequence FROM webhook_deliveries d \
+               WHERE d.id = j.id OFFSET 0) d \
+             CROSS JOIN LATERAL ( \
+               SELECT p.id FROM webhook_deliveries p \
+               WHERE p.call_id = d.call_id AND p.destination = d.destination \
+                 AND p.status = 'pending' AND p.sequence < d.sequence OFFSET 0) earlier \
+           )) AS w(id) ORDER BY w.id) wanted \
+         CROSS JOIN LATERAL ( \
+           SELECT e.id FROM webhook_deliveries e WHERE e.id = wanted.id FOR UPDATE) locked",
     )
     .bind(&ids)
     .execute(&mut *tx)
     .await?;
-    // `d.status = (SELECT 'pending')` in the update, for the reason given in
-    // `record`: found by primary key, never through the due index.
+    // `me` finds each job's delivery by a per-row probe (as above), and the
+    // two updates join to `me` by id alone (an `id = ANY($1)` beside it looks
+    // to a stale plan like a filter best applied to a whole-table scan).
+    // `d.status = (SELECT 'pending')`, for the reason given in `record`:
+    // never through the due index.
     let rows = sqlx::query(
         "WITH job AS (SELECT * FROM unnest($1::uuid[], $2::int4[]) AS j(id, attempts)), \
          me AS ( \
@@ -240,13 +251,14 @@ pub async fn claim(
                         AND (SELECT count(*) FROM webhook_messages p \
                              WHERE p.call_id = d.call_id AND p.sequence < d.sequence) \
                             < m.predecessors) AS awaiting_events \
-           FROM job j JOIN webhook_deliveries d ON d.id = j.id WHERE d.id = ANY($1)), \
+           FROM job j CROSS JOIN LATERAL ( \
+             SELECT * FROM webhook_deliveries d WHERE d.id = j.id OFFSET 0) d), \
          claimed AS ( \
            UPDATE webhook_deliveries d \
            SET lease_expires_at = now() + make_interval(secs => $3), waiting = false, \
                url = COALESCE((SELECT e.url FROM webhook_endpoints e WHERE e.id = d.endpoint_id), d.url) \
            FROM me \
-           WHERE d.id = ANY($1) AND d.id = me.job_id AND me.status = 'pending' \
+           WHERE d.id = me.job_id AND me.status = 'pending' \
              AND me.attempt_count = me.job_attempts \
              AND (me.next_attempt_at IS NULL OR me.next_attempt_at <= now() + make_interval(secs => $4)) \
              AND (me.lease_expires_at IS NULL OR me.lease_expires_at < now()) \
@@ -267,7 +279,7 @@ pub async fn claim(
              END AS secrets), \
          parked AS ( \
            UPDATE webhook_deliveries d SET waiting = true FROM me \
-           WHERE d.id = ANY($1) AND d.id = me.job_id AND me.status = 'pending' AND NOT d.waiting \
+           WHERE d.id = me.job_id AND me.status = 'pending' AND NOT d.waiting \
              AND (me.behind OR me.awaiting_events)) \
          SELECT me.job_id, me.status, me.attempt_count, me.next_attempt_at, me.lease_expires_at, \
            now() AS now, me.behind, me.awaiting_events, \
@@ -425,13 +437,22 @@ pub async fn record(
     // before that delivery's fan-out committed, it would not see the delivery
     // to name it as successor, and the delivery would wait for the sweeper.)
     let mut tx = conn.begin().await?;
-    sqlx::query("SELECT id FROM webhook_deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
+    // Row by row, in id order, each by its own probe (see `claim`).
+    sqlx::query(
+        "SELECT locked.id FROM (SELECT DISTINCT w.id FROM unnest($1::uuid[]) AS w(id) ORDER BY w.id) \
+           wanted \
+         CROSS JOIN LATERAL ( \
+           SELECT e.id FROM webhook_deliveries e WHERE e.id = wanted.id FOR UPDATE) locked",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
     // `status = (SELECT 'pending')`, not `= 'pending'`: the literal matches the
     // predicate of `webhook_deliveries_due`, and the planner would AND a scan
     // of that whole index (every pending delivery) into this primary-key lookup.
+    // The deliveries are joined to `input` by id alone and the inline check's
+    // subquery is fenced with `OFFSET 0`, so that both stay index probes in a
+    // plan cached while the table was small (see `claim`).
     let rows = sqlx::query(
         "WITH input AS ( \
            SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::bool[], $5::float8[], \
@@ -449,9 +470,12 @@ pub async fn record(
                                          ELSE d.last_response_status END, \
              delivered_at = CASE WHEN r.status = 'delivered' THEN now() ELSE d.delivered_at END, \
              lease_expires_at = NULL, enqueued_at = now(), updated_at = now() \
-           FROM input r \
-           WHERE d.id = ANY($1) AND d.id = r.id AND d.attempt_count = r.claimed \
-             AND d.status = (SELECT 'pending'::text) \
+           FROM ( \
+             SELECT r.*, found.row_ctid FROM input r CROSS JOIN LATERAL ( \
+               SELECT d.ctid AS row_ctid FROM webhook_deliveries d \
+               WHERE d.id = r.id AND d.attempt_count = r.claimed \
+                 AND d.status = (SELECT 'pending'::text) OFFSET 0) found) r \
+           WHERE d.ctid = r.row_ctid \
            RETURNING d.id, d.endpoint_id, d.call_id, d.destination, d.sequence, d.attempt_count, \
              r.status, r.attempted, r.error, r.response_status, r.started_at, r.excerpt, \
              r.duration_ms, \
@@ -493,7 +517,7 @@ pub async fn record(
              AND (c.webhook_status, c.webhook_error) IS DISTINCT FROM (u.inline_status, u.error) \
              AND NOT EXISTS (SELECT 1 FROM webhook_deliveries x \
                              WHERE x.call_id = u.call_id AND x.endpoint_id IS NULL \
-                               AND x.sequence > u.sequence)) \
+                               AND x.sequence > u.sequence OFFSET 0)) \
          SELECT u.id AS recorded_id, \
            COALESCE((SELECT bool_or(disabled_now) FROM endpoints WHERE endpoints.id = u.endpoint_id), \
                     false) AS disabled, \

@@ -307,3 +307,40 @@ async fn a_record_that_waited_for_a_claim_frees_the_delivery_that_claim_parked(p
         "the record names the parked delivery, which would otherwise wait for the sweeper"
     );
 }
+
+/// Claims, records and fan-outs whose plans were cached while the tables were
+/// empty still reach deliveries, messages and calls through indexes (see
+/// [`ringer::testing::assert_cached_plans_find_rows_by_index`]).
+#[sqlx::test(migrations = "../../migrations")]
+async fn plans_cached_on_empty_tables_still_find_rows_by_index(pool: PgPool) {
+    let org = seed_org(&pool).await;
+    create_endpoint(&pool, &org, "http://127.0.0.1:9/a", &["*"]).await;
+    let call = queued_call(&pool, &org, None).await;
+    let mut conn = pool.acquire().await.unwrap();
+    ringer::testing::cache_generic_plans(&mut conn).await;
+    let unknown = Uuid::now_v7();
+    store::claim(&mut conn, &[request(unknown)], LEASE, EARLY)
+        .await
+        .unwrap();
+    store::record(&mut conn, &[record(unknown, Outcome::Delivered, 200)], 10)
+        .await
+        .unwrap();
+    let event = ringer::outbox::emit(&mut conn, org.id, EventType::CallQueued, &call)
+        .await
+        .unwrap();
+    let body = serde_json::to_value(Envelope::for_event(&event)).unwrap();
+    store::fan_out(&mut conn, &event, &body).await.unwrap();
+
+    let growing = [
+        "calls",
+        "webhook_messages",
+        "webhook_deliveries",
+        "webhook_attempts",
+    ];
+    let checked =
+        ringer::testing::assert_cached_plans_find_rows_by_index(&mut conn, &growing).await;
+    assert!(
+        checked >= 5,
+        "claim, record and fan-out were prepared ({checked})"
+    );
+}
