@@ -152,7 +152,7 @@ e2e_bench() {
   local rows="" replicas
   declare -A peak=()
   declare -gA e2e_cpu=()
-  for replicas in 1 2; do
+  for replicas in ${BENCH_E2E_REPLICAS:-1 2}; do
     fresh_db
     local ns="e2e$RANDOM" port=18500 pids=() names=() svc i
     local env=(RINGER_NAMESPACE=$ns RINGER_TIME_SCALE=0 RINGER_DEV_MODE=true RINGER_LOG_FORMAT=json
@@ -233,6 +233,7 @@ MD
 
 # BENCH_ONLY="api e2e" runs just those sections (and BENCH_OUT says where to
 # write, so that a partial run does not replace the full report).
+# BENCH_E2E_CALLS and BENCH_E2E_REPLICAS="1" narrow the end-to-end section.
 only=" ${BENCH_ONLY:-api e2e workers} "
 sections=()
 [[ $only == *" api "* ]] && sections+=("$(api_bench)")
