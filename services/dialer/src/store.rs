@@ -57,8 +57,14 @@ pub async fn claim_for_dialing(
     .await?
     .into_iter()
     .collect();
+    // Every statement of the claim probes `calls` row by row (`OFFSET 0`
+    // fences the lateral subqueries): a plan cached while the table was small
+    // would otherwise keep scanning the whole table as it grows (a new
+    // database, a burst before any ANALYZE).
     let calls: HashMap<Uuid, (Uuid, CallStatus)> = sqlx::query_as::<_, (Uuid, Uuid, CallStatus)>(
-        "SELECT id, org_id, status FROM calls WHERE id = ANY($1)",
+        "SELECT c.id, c.org_id, c.status FROM unnest($1::uuid[]) AS wanted(id) \
+         CROSS JOIN LATERAL ( \
+           SELECT id, org_id, status FROM calls WHERE id = wanted.id OFFSET 0) c",
     )
     .bind(&call_ids)
     .fetch_all(&mut *conn)
@@ -69,8 +75,10 @@ pub async fn claim_for_dialing(
     // Statements of their own, after the locks: their snapshots see every claim
     // that committed while we waited.
     let mut live: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(
-        "SELECT org_id, count(*) FROM calls WHERE org_id = ANY($1) AND ended_at IS NULL \
-         AND status IN ('initiated', 'ringing', 'in_progress') GROUP BY org_id",
+        "SELECT o.id, n.live FROM unnest($1::uuid[]) AS o(id) \
+         CROSS JOIN LATERAL ( \
+           SELECT count(*) AS live FROM calls WHERE org_id = o.id AND ended_at IS NULL \
+             AND status IN ('initiated', 'ringing', 'in_progress') OFFSET 0) n",
     )
     .bind(&org_ids)
     .fetch_all(&mut *conn)
@@ -106,11 +114,31 @@ pub async fn claim_for_dialing(
 
     let mut claimed: HashMap<Uuid, OwnedCall> = HashMap::new();
     if !candidates.is_empty() {
+        // The candidates still queued are locked first, in id order, each by
+        // its own probe, in a statement of their own; the update then finds
+        // them by the address it reads: its snapshot follows the locks, and a
+        // row this transaction holds locked cannot move. (Locking inside the
+        // update's own subquery would not do: a row another transaction
+        // changed meanwhile is locked at its new version, which that
+        // statement's snapshot does not see.)
+        sqlx::query(
+            "SELECT locked.id \
+             FROM (SELECT DISTINCT w.id FROM unnest($1::uuid[]) AS w(id) ORDER BY w.id) wanted \
+             CROSS JOIN LATERAL ( \
+               SELECT id FROM calls WHERE id = wanted.id AND status = 'queued' FOR UPDATE) locked",
+        )
+        .bind(&candidates)
+        .execute(&mut *conn)
+        .await?;
         claimed = sqlx::query_as::<_, OwnedCall>(concat!(
             "UPDATE calls SET status = 'initiated', dialer_id = $2, \
                lease_expires_at = now() + make_interval(secs => $3), \
                dial_attempts = dial_attempts + 1, updated_at = now() \
-             WHERE id = ANY($1) AND status = 'queued' \
+             FROM unnest($1::uuid[]) AS j(wanted_id) \
+             CROSS JOIN LATERAL ( \
+               SELECT ctid AS row_ctid FROM calls WHERE id = j.wanted_id AND status = 'queued' \
+                 OFFSET 0) found \
+             WHERE calls.ctid = found.row_ctid \
              RETURNING org_id, ",
             call_columns!()
         ))
@@ -556,4 +584,76 @@ pub async fn end_calls_of_dialer(
         .bind(DIALER_LOST_MESSAGE)
         .fetch_all(conn)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use ringer::testing::{self, assert_cached_plans_find_rows_by_index, cache_generic_plans};
+
+    use super::*;
+
+    /// The claim, run on a connection whose plans were cached while `calls`
+    /// held one row, still finds its calls by index (see
+    /// [`ringer::testing::assert_cached_plans_find_rows_by_index`]).
+    #[sqlx::test(migrations = "../../migrations")]
+    async fn a_claim_planned_on_a_small_table_still_finds_calls_by_index(pool: PgPool) {
+        let org = testing::seed_org(&pool, 10_000_000).await;
+        let call =
+            testing::insert_queued_call(&pool, &testing::new_call(&org, "+15005550006")).await;
+        let mut conn = pool.acquire().await.unwrap();
+        cache_generic_plans(&mut conn).await;
+
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+        let lease = Duration::from_secs(30);
+        let claims = claim_for_dialing(&mut tx, &[(call.id, org.id)], "plans", lease, 10)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert!(matches!(claims[..], [Claim::Claimed(_)]), "{claims:?}");
+
+        let checked = assert_cached_plans_find_rows_by_index(&mut conn, &["calls"]).await;
+        assert!(
+            checked >= 4,
+            "every statement of the claim was prepared ({checked})"
+        );
+    }
+
+    /// A queued call another transaction changes while the claim waits for
+    /// it (here its inline webhook status, as the dispatcher writes it) is
+    /// still claimed: the claim's update sees the version its lock took.
+    #[sqlx::test(migrations = "../../migrations")]
+    async fn a_call_changed_while_the_claim_waits_is_still_claimed(pool: PgPool) {
+        let org = testing::seed_org(&pool, 10_000_000).await;
+        let call =
+            testing::insert_queued_call(&pool, &testing::new_call(&org, "+15005550006")).await;
+        let mut other = pool.begin().await.unwrap();
+        sqlx::query("UPDATE calls SET webhook_status = 'pending' WHERE id = $1")
+            .bind(call.id)
+            .execute(&mut *other)
+            .await
+            .unwrap();
+
+        let claiming = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                let mut tx = pool.begin().await.unwrap();
+                let lease = Duration::from_secs(30);
+                let claims = claim_for_dialing(&mut tx, &[(call.id, org.id)], "waits", lease, 10)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                claims
+            }
+        });
+        // Long enough for the claim to reach the call's row lock and wait.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !claiming.is_finished(),
+            "the claim waits for the other transaction"
+        );
+        other.commit().await.unwrap();
+
+        let claims = claiming.await.unwrap();
+        assert!(matches!(claims[..], [Claim::Claimed(_)]), "{claims:?}");
+    }
 }
