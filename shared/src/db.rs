@@ -4,17 +4,36 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// Every migration of `migrations/`, embedded at compile time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 pub async fn connect(database_url: &str, max_connections: u32) -> sqlx::Result<PgPool> {
+    let options: PgConnectOptions = database_url.parse()?;
+    pool_options(max_connections).connect_with(options).await
+}
+
+/// A pool whose sessions carry `application_name` (unless `database_url`
+/// sets one): what operators see in `pg_stat_activity`, and, for a binary's
+/// `ringer-<service>/<instance>` name, the outbox channel its commits notify
+/// (see [`crate::outbox::run_relay`]).
+pub async fn connect_named(
+    database_url: &str,
+    max_connections: u32,
+    application_name: &str,
+) -> sqlx::Result<PgPool> {
+    let mut options: PgConnectOptions = database_url.parse()?;
+    if options.get_application_name().is_none() {
+        options = options.application_name(application_name);
+    }
+    pool_options(max_connections).connect_with(options).await
+}
+
+fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(database_url)
-        .await
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {

@@ -16,7 +16,10 @@ use crate::call::Call;
 use crate::events::{EVENT_VERSION, Event, EventType};
 use crate::telemetry;
 
-/// Postgres channel notified (by a trigger) when outbox rows are committed.
+/// Postgres channel notified (by a trigger) when outbox rows are committed by
+/// a session that is not a ringer binary's own (ringer-admin, tests, psql).
+/// A binary's sessions notify the channel of their process instead (see
+/// migration 0008 and [`run_relay`]).
 pub const NOTIFY_CHANNEL: &str = "ringer_outbox";
 
 /// Writes `event_type` for `call` to the outbox, taking the call's next sequence
@@ -163,6 +166,12 @@ const PASS_GAP: Duration = Duration::from_millis(10);
 
 /// Runs the relay until `shutdown`: publishes whenever a commit notifies the
 /// channel, and polls every `poll` in case a notification was missed.
+///
+/// A relay listens on the channel of its own process (`outbox_channel()`
+/// of a session of `pool`): commits made through `pool` wake it, and not the
+/// relays of other processes, which would only race it for the same rows.
+/// It also listens on the shared [`NOTIFY_CHANNEL`] for commits of other
+/// sessions, and its polling publishes what a process that died left behind.
 pub async fn run_relay(
     pool: PgPool,
     broker: Broker,
@@ -170,14 +179,8 @@ pub async fn run_relay(
     poll: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut listener = match PgListener::connect_with(&pool).await {
-        Ok(mut listener) => match listener.listen(NOTIFY_CHANNEL).await {
-            Ok(()) => Some(listener),
-            Err(error) => {
-                tracing::warn!(%error, "outbox relay cannot LISTEN; polling only");
-                None
-            }
-        },
+    let mut listener = match listen(&pool).await {
+        Ok(listener) => Some(listener),
         Err(error) => {
             tracing::warn!(%error, "outbox relay cannot LISTEN; polling only");
             None
@@ -248,6 +251,23 @@ pub async fn run_relay(
             "final outbox relay pass failed"
         );
     }
+}
+
+/// The channel commits made through `pool` notify (one per process for a
+/// binary's sessions; [`NOTIFY_CHANNEL`] for any other).
+pub async fn channel(pool: &PgPool) -> sqlx::Result<String> {
+    sqlx::query_scalar("SELECT outbox_channel()")
+        .fetch_one(pool)
+        .await
+}
+
+async fn listen(pool: &PgPool) -> sqlx::Result<PgListener> {
+    let own = channel(pool).await?;
+    let mut listener = PgListener::connect_with(pool).await?;
+    let mut channels = vec![NOTIFY_CHANNEL, own.as_str()];
+    channels.dedup();
+    listener.listen_all(channels).await?;
+    Ok(listener)
 }
 
 /// False for informational events nobody has to receive (see

@@ -22,9 +22,16 @@ pub struct Infrastructure {
 
 impl Infrastructure {
     pub async fn connect(config: &CommonConfig, service: &str) -> anyhow::Result<Self> {
-        let db = db::connect(&config.database_url, config.db_max_connections)
-            .await
-            .context("connecting to Postgres (DATABASE_URL)")?;
+        // One name per process: its commits wake its own outbox relay.
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let application_name = format!("ringer-{service}/{}", &instance[..8]);
+        let db = db::connect_named(
+            &config.database_url,
+            config.db_max_connections,
+            &application_name,
+        )
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")?;
         let names = Names::new(&config.namespace);
         let connection_name = format!("ringer-{service}-{}", std::process::id());
         let broker = Broker::connect(&config.amqp_url, names.clone(), &connection_name)

@@ -179,3 +179,53 @@ async fn informational_events_without_subscribers_do_not_block_the_outbox(pool: 
     assert_eq!(unpublished(&pool).await, 0);
     test.cleanup().await;
 }
+
+/// A commit wakes the relay of the process that made it, not every relay: a
+/// binary's sessions (named `ringer-<service>/<instance>`) notify a channel of
+/// their own; any other session notifies the shared one.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_commit_wakes_the_relay_of_its_own_process(pool: PgPool) {
+    let url = ringer::testing::database_url(&pool);
+    let dialer = ringer::db::connect_named(&url, 2, "ringer-dialer/aaaaaaaa")
+        .await
+        .unwrap();
+    let billing = ringer::db::connect_named(&url, 2, "ringer-billing/bbbbbbbb")
+        .await
+        .unwrap();
+    let dialer_channel = outbox::channel(&dialer).await.unwrap();
+    let billing_channel = outbox::channel(&billing).await.unwrap();
+    assert_ne!(dialer_channel, billing_channel);
+    assert_ne!(dialer_channel, outbox::NOTIFY_CHANNEL);
+    assert_eq!(
+        outbox::channel(&pool).await.unwrap(),
+        outbox::NOTIFY_CHANNEL
+    );
+
+    let org = seed_org(&pool, 500_000).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener
+        .listen_all([
+            dialer_channel.as_str(),
+            billing_channel.as_str(),
+            outbox::NOTIFY_CHANNEL,
+        ])
+        .await
+        .unwrap();
+    let mut next_channel = async || {
+        tokio::time::timeout(Duration::from_secs(5), listener.recv())
+            .await
+            .expect("a notification")
+            .unwrap()
+            .channel()
+            .to_owned()
+    };
+
+    insert_queued_call(&dialer, &new_call(&org, "+14155550100")).await;
+    assert_eq!(next_channel().await, dialer_channel);
+    insert_queued_call(&pool, &new_call(&org, "+14155550101")).await;
+    assert_eq!(next_channel().await, outbox::NOTIFY_CHANNEL);
+    insert_queued_call(&billing, &new_call(&org, "+14155550102")).await;
+    assert_eq!(next_channel().await, billing_channel);
+}
