@@ -219,6 +219,21 @@ impl Broker {
         &self.names
     }
 
+    /// The same connection with a publisher channel (confirm mode) of its own,
+    /// for a publisher that must see every return and acknowledgement of its
+    /// publishes and no one else's (the outbox relay).
+    pub async fn with_own_publisher(&self) -> lapin::Result<Self> {
+        let publisher = self.connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            connection: self.connection.clone(),
+            publisher,
+            names: self.names.clone(),
+        })
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connection.status().connected() && self.publisher.status().connected()
     }

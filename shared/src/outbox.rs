@@ -132,10 +132,21 @@ pub async fn relay_batch(pool: &PgPool, broker: &Broker, batch: i64) -> anyhow::
         .await
         .map_err(|_| PublishError::Timeout(CONFIRM_TIMEOUT))??;
 
+    let returned = returned_event_ids(&confirmations);
     let mut published = Vec::with_capacity(rows.len());
     let mut failures = 0usize;
     for (row, confirmation) in rows.iter().zip(confirmations) {
-        match confirmation.and_then(|c| check_confirmation(c, &row.routing_key)) {
+        let outcome = match (&returned, confirmation) {
+            (Some(returned), Ok(Confirmation::Ack(_))) => {
+                if returned.contains(&row.event_id.to_string()) {
+                    Err(PublishError::Unroutable(row.routing_key.clone()))
+                } else {
+                    Ok(())
+                }
+            }
+            (_, confirmation) => confirmation.and_then(|c| check_confirmation(c, &row.routing_key)),
+        };
+        match outcome {
             Ok(()) => published.push(row.id),
             Err(PublishError::Unroutable(_)) if !must_be_routed(&row.routing_key) => {
                 metrics::counter!("ringer_outbox_unrouted_total", "routing_key" => row.routing_key.clone())
@@ -161,6 +172,34 @@ pub async fn relay_batch(pool: &PgPool, broker: &Broker, batch: i64) -> anyhow::
     Ok(published.len())
 }
 
+/// The event ids of every message the broker returned during a batch, or None
+/// when a returned message carries no id (then each confirmation is taken as
+/// it came).
+///
+/// RabbitMQ returns an unroutable message just before acknowledging it, but an
+/// acknowledgement may cover several publishes at once, and lapin hands the
+/// return to whichever of their confirms it resolves first. Within one batch
+/// on a channel nothing else publishes on (see [`run_relay`]), every return
+/// belongs to a row of the batch: its message id (the event id) says which.
+fn returned_event_ids(
+    confirmations: &[Result<Confirmation, PublishError>],
+) -> Option<std::collections::HashSet<String>> {
+    let mut returned = std::collections::HashSet::new();
+    for confirmation in confirmations.iter().flatten() {
+        if let Confirmation::Ack(Some(message)) | Confirmation::Nack(Some(message)) = confirmation {
+            returned.insert(
+                message
+                    .delivery
+                    .properties
+                    .message_id()
+                    .as_ref()?
+                    .to_string(),
+            );
+        }
+    }
+    Some(returned)
+}
+
 /// Shortest time between the starts of two relay passes woken by notifications.
 const PASS_GAP: Duration = Duration::from_millis(10);
 
@@ -179,6 +218,10 @@ pub async fn run_relay(
     poll: Duration,
     shutdown: CancellationToken,
 ) {
+    // A publisher channel of its own: the returns and acknowledgements on it
+    // are this relay's alone (see `returned_event_ids`).
+    let shared = broker;
+    let mut broker = own_publisher(&shared).await;
     let mut listener = match listen(&pool).await {
         Ok(listener) => Some(listener),
         Err(error) => {
@@ -190,6 +233,9 @@ pub async fn run_relay(
     loop {
         if shutdown.is_cancelled() {
             break;
+        }
+        if !broker.is_connected() && shared.is_connected() {
+            broker = own_publisher(&shared).await;
         }
         let last_pass = Instant::now();
         let outcome = relay_batch(&pool, &broker, batch).await;
@@ -250,6 +296,18 @@ pub async fn run_relay(
             error = format!("{error:#}"),
             "final outbox relay pass failed"
         );
+    }
+}
+
+/// `shared` with a publisher channel of its own, or `shared` itself when the
+/// channel cannot be opened (its batches then judge returns per confirm).
+async fn own_publisher(shared: &Broker) -> Broker {
+    match shared.with_own_publisher().await {
+        Ok(broker) => broker,
+        Err(error) => {
+            tracing::warn!(%error, "outbox relay cannot open a publisher channel; sharing one");
+            shared.clone()
+        }
     }
 }
 

@@ -180,6 +180,81 @@ async fn informational_events_without_subscribers_do_not_block_the_outbox(pool: 
     test.cleanup().await;
 }
 
+/// A batch mixing events nobody subscribes to (returned by the broker) with
+/// routed ones: each row is judged by its own return. (With many publishes in
+/// flight RabbitMQ acknowledges several at once, and lapin hands a return to
+/// whichever of those confirms it resolves first, not always its own.)
+#[sqlx::test(migrations = "../migrations")]
+async fn each_row_of_a_mixed_batch_is_judged_by_its_own_return(pool: PgPool) {
+    let test = TestBroker::start(&random_namespace(), 5).await;
+    let org = seed_org(&pool, 500_000).await;
+    let call = insert_queued_call(&pool, &new_call(&org, "+14155550100")).await;
+    for round in 0..5 {
+        let mut tx = pool.begin().await.unwrap();
+        for index in 0..100 {
+            let event_type = if index % 2 == 0 {
+                EventType::CallBilled
+            } else {
+                EventType::CallRinging
+            };
+            outbox::emit(&mut tx, org.id, event_type, &call)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let published = outbox::relay_batch(&pool, &test.broker, 1000)
+            .await
+            .unwrap_or_else(|error| panic!("round {round}: {error:#}"));
+        assert!(published >= 100, "round {round}: {published} published");
+        assert_eq!(unpublished(&pool).await, 0, "round {round}");
+    }
+    test.cleanup().await;
+}
+
+/// An event that must reach a queue and reaches none stays unpublished (and
+/// the batch reports it), whatever else its batch holds.
+#[sqlx::test(migrations = "../migrations")]
+async fn an_event_no_queue_takes_stays_unpublished_beside_routed_ones(pool: PgPool) {
+    let test = TestBroker::start(&random_namespace(), 5).await;
+    let org = seed_org(&pool, 500_000).await;
+    let call = insert_queued_call(&pool, &new_call(&org, "+14155550100")).await;
+    let mut tx = pool.begin().await.unwrap();
+    for index in 0..60 {
+        let event_type = match index % 3 {
+            0 => EventType::CallBilled,
+            _ => EventType::CallRinging,
+        };
+        outbox::emit(&mut tx, org.id, event_type, &call)
+            .await
+            .unwrap();
+    }
+    // A routing key nothing binds and no rule lets go unrouted.
+    let lost = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, routing_key, payload) VALUES ($1, 'internal.call.unheard_of', '{}')",
+    )
+    .bind(lost)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let error = outbox::relay_batch(&pool, &test.broker, 1000)
+        .await
+        .expect_err("the unroutable event is reported");
+    assert!(
+        format!("{error:#}").contains("1 outbox events"),
+        "{error:#}"
+    );
+    let left: Vec<Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM outbox WHERE published_at IS NULL")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(left, vec![lost]);
+    test.cleanup().await;
+}
+
 /// A commit wakes the relay of the process that made it, not every relay: a
 /// binary's sessions (named `ringer-<service>/<instance>`) notify a channel of
 /// their own; any other session notifies the shared one.
