@@ -268,11 +268,13 @@ pub async fn run_relay(
                         if let Err(error) = notification {
                             tracing::warn!(%error, "outbox LISTEN connection lost; reconnecting");
                         }
-                        // Under load every commit notifies every relay, and a
-                        // pass per notification left most relays polling an
-                        // empty table (their peers had taken the rows): passes
-                        // start at most every PASS_GAP, each answering every
-                        // commit notified so far. An idle relay answers at once.
+                        // Under load a busy process notifies its relay (and
+                        // other sessions every relay) many times between two
+                        // passes; a pass per notification would mostly find
+                        // the rows taken by the previous pass (or a peer).
+                        // Passes start at most every PASS_GAP, each answering
+                        // every commit notified so far. An idle relay answers
+                        // at once.
                         let wait = PASS_GAP.saturating_sub(last_pass.elapsed());
                         if !wait.is_zero() {
                             tokio::time::sleep(wait).await;

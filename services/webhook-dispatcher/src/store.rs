@@ -450,9 +450,11 @@ pub async fn record(
     // `status = (SELECT 'pending')`, not `= 'pending'`: the literal matches the
     // predicate of `webhook_deliveries_due`, and the planner would AND a scan
     // of that whole index (every pending delivery) into this primary-key lookup.
-    // The deliveries are joined to `input` by id alone and the inline check's
-    // subquery is fenced with `OFFSET 0`, so that both stay index probes in a
-    // plan cached while the table was small (see `claim`).
+    // Each delivery is found by a per-row probe (`OFFSET 0`), and the update
+    // reaches it through the address that probe read: the rows are locked by
+    // the statement above, so the address cannot move, and a TID scan is the
+    // one plan no stale estimate outbids. The inline check's subquery is
+    // fenced the same way (see `claim`).
     let rows = sqlx::query(
         "WITH input AS ( \
            SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::bool[], $5::float8[], \
