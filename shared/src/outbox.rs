@@ -138,7 +138,7 @@ pub async fn relay_batch(pool: &PgPool, broker: &Broker, batch: i64) -> anyhow::
     for (row, confirmation) in rows.iter().zip(confirmations) {
         let outcome = match (&returned, confirmation) {
             (Some(returned), Ok(Confirmation::Ack(_))) => {
-                if returned.contains(&row.event_id.to_string()) {
+                if returned.contains(&row.event_id) {
                     Err(PublishError::Unroutable(row.routing_key.clone()))
                 } else {
                     Ok(())
@@ -173,8 +173,8 @@ pub async fn relay_batch(pool: &PgPool, broker: &Broker, batch: i64) -> anyhow::
 }
 
 /// The event ids of every message the broker returned during a batch, or None
-/// when a returned message carries no id (then each confirmation is taken as
-/// it came).
+/// when a returned message carries no event id (then each confirmation is
+/// taken as it came).
 ///
 /// RabbitMQ returns an unroutable message just before acknowledging it, but an
 /// acknowledgement may cover several publishes at once, and lapin hands the
@@ -183,18 +183,12 @@ pub async fn relay_batch(pool: &PgPool, broker: &Broker, batch: i64) -> anyhow::
 /// belongs to a row of the batch: its message id (the event id) says which.
 fn returned_event_ids(
     confirmations: &[Result<Confirmation, PublishError>],
-) -> Option<std::collections::HashSet<String>> {
+) -> Option<std::collections::HashSet<Uuid>> {
     let mut returned = std::collections::HashSet::new();
     for confirmation in confirmations.iter().flatten() {
         if let Confirmation::Ack(Some(message)) | Confirmation::Nack(Some(message)) = confirmation {
-            returned.insert(
-                message
-                    .delivery
-                    .properties
-                    .message_id()
-                    .as_ref()?
-                    .to_string(),
-            );
+            let id = message.delivery.properties.message_id().as_ref()?;
+            returned.insert(id.as_str().parse().ok()?);
         }
     }
     Some(returned)
