@@ -13,28 +13,34 @@ use crate::broker::{self, Broker, Names};
 use crate::config::CommonConfig;
 use crate::{db, ops, outbox};
 
+/// A new process's name: `ringer-<service>/` and 8 random hex digits.
+pub fn instance_name(service: &str) -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("ringer-{service}/{}", &random[..8])
+}
+
 /// Database and broker, connected, topology declared.
 #[derive(Clone, Debug)]
 pub struct Infrastructure {
     pub db: PgPool,
     pub broker: Broker,
+    /// `ringer-<service>/<8 hex>`, new at every start: the process's name in
+    /// Postgres (`application_name`, unless `DATABASE_URL` sets one) and in
+    /// RabbitMQ (the connection name), so that an operator can match a
+    /// replica's sessions in `pg_stat_activity` with its broker connection.
+    /// A pid would not do: every container's process is pid 1.
+    pub instance: String,
 }
 
 impl Infrastructure {
     pub async fn connect(config: &CommonConfig, service: &str) -> anyhow::Result<Self> {
         // One name per process: its commits wake its own outbox relay.
-        let instance = uuid::Uuid::new_v4().simple().to_string();
-        let application_name = format!("ringer-{service}/{}", &instance[..8]);
-        let db = db::connect_named(
-            &config.database_url,
-            config.db_max_connections,
-            &application_name,
-        )
-        .await
-        .context("connecting to Postgres (DATABASE_URL)")?;
+        let instance = instance_name(service);
+        let db = db::connect_named(&config.database_url, config.db_max_connections, &instance)
+            .await
+            .context("connecting to Postgres (DATABASE_URL)")?;
         let names = Names::new(&config.namespace);
-        let connection_name = format!("ringer-{service}-{}", std::process::id());
-        let broker = Broker::connect(&config.amqp_url, names.clone(), &connection_name)
+        let broker = Broker::connect(&config.amqp_url, names.clone(), &instance)
             .await
             .context("connecting to RabbitMQ (AMQP_URL)")?;
         let channel = broker.channel().await?;
@@ -42,7 +48,12 @@ impl Infrastructure {
             .await
             .context("declaring the broker topology")?;
         let _ = channel.close(200, "topology declared".into()).await;
-        Ok(Self { db, broker })
+        tracing::info!(%instance, "connected to Postgres and RabbitMQ");
+        Ok(Self {
+            db,
+            broker,
+            instance,
+        })
     }
 
     pub fn readiness(&self, shutdown: &CancellationToken) -> ops::Readiness {

@@ -22,3 +22,42 @@ fn names_carry_the_namespace() {
     assert_eq!(names.dead_letter_queue("billing"), "ns.billing.dlq");
     assert_eq!(Names::new("").queue("dialer"), "dialer");
 }
+
+/// A process carries one name, new at each start, in Postgres and RabbitMQ.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_process_is_named_once_for_postgres_and_rabbitmq(pool: sqlx::PgPool) {
+    let namespace = random_namespace();
+    let config = ringer::testing::common_config(&pool, &namespace);
+    let first = ringer::service::Infrastructure::connect(&config, "dialer")
+        .await
+        .unwrap();
+    let second = ringer::service::Infrastructure::connect(&config, "dialer")
+        .await
+        .unwrap();
+
+    let (service, random) = first.instance.split_once('/').unwrap();
+    assert_eq!(service, "ringer-dialer");
+    assert!(
+        random.len() == 8 && random.chars().all(|c| c.is_ascii_hexdigit()),
+        "{}",
+        first.instance
+    );
+    assert_ne!(first.instance, second.instance, "replicas are told apart");
+
+    let mut session = first.db.acquire().await.unwrap();
+    let named: String = sqlx::query_scalar("SELECT current_setting('application_name')")
+        .fetch_one(&mut *session)
+        .await
+        .unwrap();
+    assert_eq!(named, first.instance);
+    drop(session);
+
+    first.db.close().await;
+    second.db.close().await;
+    second.broker.close().await;
+    let test = TestBroker {
+        broker: first.broker,
+        names: Names::new(&namespace),
+    };
+    test.cleanup().await;
+}
