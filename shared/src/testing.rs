@@ -133,6 +133,24 @@ impl TestBroker {
     }
 }
 
+/// Ready messages in a queue (unacknowledged ones are not counted).
+pub async fn ready_messages(broker: &Broker, queue: &str) -> u32 {
+    let channel = broker.channel().await.expect("channel");
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("the queue exists");
+    let _ = channel.close(200, "counted".into()).await;
+    declared.message_count()
+}
+
 /// Events arriving on a test queue.
 pub struct EventTap {
     consumer: lapin::Consumer,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ringer::call::{Call, NewCall, OwnedCall};
 use ringer::events::{Event, EventType};
+pub use ringer::testing::ready_messages;
 use ringer::testing::{TestOrg, insert_queued_call, new_call};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -288,24 +289,6 @@ pub fn spawn_binary(
         command.env(key, value);
     }
     command.spawn().expect("the billing binary starts")
-}
-
-/// Ready messages in a queue (unacknowledged ones are not counted).
-pub async fn ready_messages(broker: &ringer::broker::Broker, queue: &str) -> u32 {
-    let channel = broker.channel().await.unwrap();
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let _ = channel.close(200, "done".into()).await;
-    declared.message_count()
 }
 
 /// Polls `check` every 50 ms until it holds or `timeout` passes.

@@ -1,10 +1,22 @@
 //! `webhooks.events`: one message and one delivery per destination per public
-//! event, in one transaction, then a job per delivery.
+//! event, in one transaction; then the first attempt of each new delivery,
+//! made here rather than through a job on `webhooks.deliveries`.
+//!
+//! A first attempt goes through the same [`Dispatcher::run_job`] as a job
+//! from the queue (destination cap, claim, ordering, record, follow-ups), so
+//! only the broker round trip of the job is saved: a publish, its confirm, a
+//! delivery and an ack per delivery. The event is acked once every attempt
+//! has run, so a dispatcher that dies meanwhile gets the event back: its
+//! fan-out then creates nothing and publishes a job for every delivery still
+//! never attempted, which waits out a dead dispatcher's lease like any job.
+
+use std::sync::Arc;
 
 use ringer::consumer::{DeliveryInfo, Step, StepError};
 use ringer::events::Event;
 use sqlx::PgPool;
 
+use crate::deliver::Dispatcher;
 use crate::envelope::Envelope;
 use crate::jobs::{DeliveryJob, Publisher};
 use crate::store;
@@ -12,21 +24,78 @@ use crate::store;
 pub struct Fanout {
     db: PgPool,
     publisher: Publisher,
+    dispatcher: Arc<Dispatcher>,
+}
+
+/// The deliveries of one event: those this fan-out created, to attempt now,
+/// and those to publish (never attempted before a redelivery, or woken).
+#[derive(Debug, Default)]
+pub struct Scheduled {
+    pub created: Vec<DeliveryJob>,
+    pub again: Vec<DeliveryJob>,
 }
 
 impl Fanout {
-    pub fn new(db: PgPool, publisher: Publisher) -> Self {
-        Self { db, publisher }
+    pub fn new(db: PgPool, publisher: Publisher, dispatcher: Arc<Dispatcher>) -> Self {
+        Self {
+            db,
+            publisher,
+            dispatcher,
+        }
     }
 
     /// Creates the deliveries of `event` (or, for an event seen before, finds
-    /// the ones never attempted) and returns their jobs, committed.
-    pub async fn schedule_deliveries(&self, event: &Event) -> Result<Vec<DeliveryJob>, StepError> {
+    /// the ones never attempted), committed.
+    pub async fn schedule_deliveries(&self, event: &Event) -> Result<Scheduled, StepError> {
         let body = serde_json::to_value(Envelope::for_event(event))
             .map_err(|error| StepError::Poison(error.into()))?;
         let mut conn = self.db.acquire().await?;
         let rows = store::fan_out(&mut conn, event, &body).await?;
-        Ok(rows.iter().map(store::JobRow::job).collect())
+        let mut scheduled = Scheduled::default();
+        for fanned in rows {
+            let job = fanned.row.job();
+            if fanned.created {
+                scheduled.created.push(job);
+            } else {
+                scheduled.again.push(job);
+            }
+        }
+        Ok(scheduled)
+    }
+
+    /// Runs the first attempts of new deliveries side by side. A job whose
+    /// run failed (its claim or record did not commit, say) is published to
+    /// `webhooks.deliveries` instead, so it is retried like any other job.
+    async fn attempt_now(&self, jobs: Vec<DeliveryJob>) -> Result<(), StepError> {
+        let running: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                let dispatcher = self.dispatcher.clone();
+                let retry = job.clone();
+                // A task of its own: an attempt is never dropped half-way,
+                // even when the event's handling is.
+                (
+                    retry,
+                    tokio::spawn(async move { dispatcher.run_job(job).await }),
+                )
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for (job, run) in running {
+            let error = match run.await {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => anyhow::Error::from(error),
+                Err(panicked) => anyhow::anyhow!("the attempt task failed: {panicked}"),
+            };
+            tracing::warn!(delivery_id = %job.delivery_id, error = format!("{error:#}"), "first attempt did not complete; publishing its job");
+            failed.push(job);
+        }
+        if !failed.is_empty() {
+            metrics::counter!("ringer_webhook_first_attempts_requeued_total")
+                .increment(failed.len() as u64);
+            self.publisher.publish_now(&failed).await?;
+        }
+        Ok(())
     }
 }
 
@@ -38,11 +107,13 @@ impl Step for Fanout {
             // `call.*` binds only public events; anything else is not ours to send.
             return Ok(());
         }
-        let jobs = self.schedule_deliveries(&event).await?;
-        metrics::counter!("ringer_webhook_deliveries_created_total").increment(jobs.len() as u64);
-        // After the commit: a crash here leaves the deliveries pending, and the
-        // event (not yet acked) comes back and publishes them again.
-        self.publisher.publish_now(&jobs).await?;
-        Ok(())
+        let scheduled = self.schedule_deliveries(&event).await?;
+        metrics::counter!("ringer_webhook_deliveries_created_total")
+            .increment(scheduled.created.len() as u64);
+        // After the commit: a crash from here on leaves the deliveries pending
+        // and never attempted, and the event (not yet acked) comes back and
+        // publishes their jobs.
+        self.publisher.publish_now(&scheduled.again).await?;
+        self.attempt_now(scheduled.created).await
     }
 }

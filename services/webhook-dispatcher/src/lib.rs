@@ -3,9 +3,11 @@
 //!
 //! Two consume loops and a sweeper:
 //! - `webhooks.events` ([`fanout`]): one message and one delivery per destination,
-//!   in one transaction; then a job per delivery on `webhooks.deliveries`.
-//! - `webhooks.deliveries` ([`deliver`]): claims a delivery, attempts it, records
+//!   in one transaction; then the first attempt of each new delivery, in place.
+//! - `webhooks.deliveries` ([`deliver`]): jobs for every later attempt (retries,
+//!   parked deliveries, redeliveries): claims a delivery, attempts it, records
 //!   the attempt, and schedules the next one in a retry tier (or exhausts it).
+//!   A first attempt runs the same code, called by the fan-out.
 //! - the [`sweeper`] re-publishes pending deliveries whose job was lost (a crash
 //!   between commit and publish) and those the api asked to redeliver.
 //!
@@ -54,6 +56,11 @@ pub struct Config {
     #[arg(long, env = "RINGER_WEBHOOK_CONCURRENCY", default_value_t = 256)]
     pub delivery_concurrency: u16,
 
+    /// Events fanned out at once by this process, each with the first attempts
+    /// of its deliveries (prefetch of `webhooks.events`).
+    #[arg(long, env = "RINGER_WEBHOOK_EVENTS_CONCURRENCY", default_value_t = 128)]
+    pub events_concurrency: u16,
+
     /// Attempts in flight at once to one destination (an endpoint, or an inline URL's host) per process.
     #[arg(
         long,
@@ -89,6 +96,7 @@ impl Config {
         Self {
             common,
             delivery_concurrency: 256,
+            events_concurrency: 128,
             per_destination_in_flight: 10,
             attempt_timeout_seconds: 10,
             sweep_interval_seconds: 30,
@@ -137,7 +145,11 @@ async fn work(
         sender,
         &config,
     ));
-    let fanout = Arc::new(fanout::Fanout::new(infra.db.clone(), publisher.clone()));
+    let fanout = Arc::new(fanout::Fanout::new(
+        infra.db.clone(),
+        publisher.clone(),
+        dispatcher.clone(),
+    ));
     let grace = config.common.shutdown_grace();
 
     let sweeper = tokio::spawn(sweeper::run(
@@ -154,7 +166,7 @@ async fn work(
     let events = ringer::consumer::run(
         &infra.broker,
         &events_queue,
-        config.common.prefetch,
+        config.events_concurrency,
         grace,
         fanout,
         shutdown.clone(),

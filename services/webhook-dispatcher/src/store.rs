@@ -20,6 +20,15 @@ pub struct JobRow {
     pub url: String,
 }
 
+/// A delivery the fan-out returns: its job, and whether this fan-out created it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FannedOut {
+    #[sqlx(flatten)]
+    pub row: JobRow,
+    /// Created by this very statement, so no job of it exists anywhere yet.
+    pub created: bool,
+}
+
 impl JobRow {
     pub fn job(&self) -> crate::jobs::DeliveryJob {
         crate::jobs::DeliveryJob::new(self.id, self.attempt_count, self.endpoint_id, &self.url)
@@ -54,14 +63,16 @@ pub const MISSING_PREDECESSOR_WAIT_SECONDS: f64 = 600.0;
 /// call's inline URL, and every enabled endpoint of the org subscribed to the
 /// event type) in one statement, and marks the call's inline webhook pending.
 /// For an event seen before nothing is created (the unique constraints hold)
-/// and the deliveries never attempted are returned instead, to publish again.
+/// and the deliveries never attempted are returned instead, to publish again:
+/// leased ones too, since a redelivered event usually means that the
+/// dispatcher attempting them died (their jobs wait out the lease, then go).
 /// Deliveries of the call's later events parked waiting for this one are
 /// returned too, to publish again.
 pub async fn fan_out(
     conn: &mut PgConnection,
     event: &ringer::events::Event,
     body: &Value,
-) -> sqlx::Result<Vec<JobRow>> {
+) -> sqlx::Result<Vec<FannedOut>> {
     sqlx::query_as(
         "WITH message AS ( \
            INSERT INTO webhook_messages \
@@ -90,16 +101,15 @@ pub async fn fan_out(
            UPDATE webhook_deliveries SET enqueued_at = now() \
            WHERE call_id = $3 AND event_id = $1 AND NOT EXISTS (SELECT 1 FROM message) \
              AND status = 'pending' AND attempt_count = 0 \
-             AND (lease_expires_at IS NULL OR lease_expires_at < now()) \
            RETURNING id, attempt_count, endpoint_id, url), \
          wake AS ( \
            UPDATE webhook_deliveries w SET enqueued_at = now(), waiting = false \
            WHERE w.call_id = $3 AND w.sequence > $5 AND w.waiting AND w.status = 'pending' \
              AND EXISTS (SELECT 1 FROM message) \
            RETURNING id, attempt_count, endpoint_id, url) \
-         SELECT id, attempt_count, endpoint_id, url FROM inserted \
-         UNION ALL SELECT id, attempt_count, endpoint_id, url FROM again \
-         UNION ALL SELECT id, attempt_count, endpoint_id, url FROM wake",
+         SELECT id, attempt_count, endpoint_id, url, true AS created FROM inserted \
+         UNION ALL SELECT id, attempt_count, endpoint_id, url, false FROM again \
+         UNION ALL SELECT id, attempt_count, endpoint_id, url, false FROM wake",
     )
     .bind(event.id)
     .bind(event.org_id)

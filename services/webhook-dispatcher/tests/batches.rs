@@ -34,6 +34,7 @@ async fn fanned_out(
             .unwrap();
         let body = serde_json::to_value(Envelope::for_event(&event)).unwrap();
         let rows = store::fan_out(&mut tx, &event, &body).await.unwrap();
+        let rows = rows.into_iter().map(|fanned| fanned.row);
         tx.commit().await.unwrap();
         ids.extend(rows);
     }

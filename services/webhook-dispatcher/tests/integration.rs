@@ -5,4 +5,5 @@ mod batches;
 mod crash;
 mod delivery;
 mod failures;
+mod first_attempts;
 mod helpers;

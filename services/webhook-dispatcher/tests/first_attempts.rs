@@ -1,0 +1,143 @@
+//! The fan-out makes the first attempt of each new delivery itself; jobs on
+//! `webhooks.deliveries` carry only the later ones.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringer::broker::{Broker, WEBHOOK_DELIVERIES_QUEUE};
+use ringer::consumer::{DeliveryInfo, Step};
+use ringer::events::Event;
+use ringer::testing::ready_messages;
+use ringer_webhook_dispatcher::envelope::Envelope;
+use ringer_webhook_dispatcher::{deliver, fanout, http, jobs, store};
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+/// The fan-out step on its own, with no consumer on `webhooks.deliveries`:
+/// whatever is published there stays to be counted.
+struct FanoutAlone {
+    fanout: fanout::Fanout,
+    broker: Broker,
+    deliveries_queue: String,
+}
+
+impl FanoutAlone {
+    async fn start(pool: &PgPool, namespace: &Namespace) -> Self {
+        let config = dispatcher_config(pool, namespace, 0.0);
+        let broker = namespace.broker().await;
+        let channel = broker.channel().await.unwrap();
+        ringer::broker::declare_topology(&channel, &namespace.names, 5, 0.0)
+            .await
+            .unwrap();
+        let publisher = jobs::Publisher::connect(&broker, 0.0).await.unwrap();
+        let sender = http::Sender::new(true, config.attempt_timeout()).unwrap();
+        let dispatcher = Arc::new(deliver::Dispatcher::new(
+            pool.clone(),
+            publisher.clone(),
+            sender,
+            &config,
+        ));
+        Self {
+            fanout: fanout::Fanout::new(pool.clone(), publisher, dispatcher),
+            deliveries_queue: namespace.names.queue(WEBHOOK_DELIVERIES_QUEUE),
+            broker,
+        }
+    }
+
+    async fn handle(&self, event: &Event, redelivered: bool) {
+        let info = DeliveryInfo {
+            routing_key: event.event_type.as_str().to_owned(),
+            redelivered,
+            delivery_count: u32::from(redelivered),
+            message_id: Some(event.id.to_string()),
+        };
+        self.fanout.handle(event.clone(), info).await.unwrap();
+    }
+
+    async fn jobs_published(&self) -> u32 {
+        ready_messages(&self.broker, &self.deliveries_queue).await
+    }
+}
+
+/// The `call.queued` event the call's insert wrote to the outbox (no relay runs here).
+async fn queued_event(pool: &PgPool) -> Event {
+    let (payload,): (serde_json::Value,) = sqlx::query_as("SELECT payload FROM outbox")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    serde_json::from_value(payload).unwrap()
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_new_delivery_is_attempted_by_its_fan_out_without_a_job(pool: PgPool) {
+    let namespace = Namespace::new();
+    let step = FanoutAlone::start(&pool, &namespace).await;
+    let mut receiver = Receiver::start(Plan::default()).await;
+    let org = seed_org(&pool).await;
+    create_endpoint(&pool, &org, &receiver.url, &["*"]).await;
+    queued_call(&pool, &org, Some(&receiver.url)).await;
+    let event = queued_event(&pool).await;
+
+    step.handle(&event, false).await;
+
+    // Attempted and recorded before the event's handling returned (and was acked).
+    let rows = deliveries(&pool).await;
+    assert_eq!(rows.len(), 2, "the endpoint and the inline URL: {rows:?}");
+    assert!(
+        rows.iter()
+            .all(|row| row.status == "delivered" && row.attempt_count == 1),
+        "{rows:?}"
+    );
+    assert_eq!(receiver.take(2, Duration::from_secs(5)).await.len(), 2);
+    assert_eq!(
+        step.jobs_published().await,
+        0,
+        "no job went through the broker"
+    );
+
+    step.broker.close().await;
+    namespace.cleanup().await;
+}
+
+/// The event comes back after its dispatcher died between the fan-out's
+/// commit and the attempts' records: its deliveries, never attempted and
+/// still leased to the dead process, go out as jobs (which wait the lease out)
+/// rather than waiting for the sweeper.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_redelivered_event_publishes_jobs_for_deliveries_a_dead_dispatcher_held(pool: PgPool) {
+    let namespace = Namespace::new();
+    let step = FanoutAlone::start(&pool, &namespace).await;
+    let mut receiver = Receiver::start(Plan::default()).await;
+    let org = seed_org(&pool).await;
+    create_endpoint(&pool, &org, &receiver.url, &["*"]).await;
+    queued_call(&pool, &org, Some(&receiver.url)).await;
+    let event = queued_event(&pool).await;
+    let body = serde_json::to_value(Envelope::for_event(&event)).unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let created = store::fan_out(&mut conn, &event, &body).await.unwrap();
+    assert!(created.iter().all(|fanned| fanned.created), "{created:?}");
+    sqlx::query("UPDATE webhook_deliveries SET lease_expires_at = now() + interval '20 seconds'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+
+    step.handle(&event, true).await;
+
+    assert_eq!(step.jobs_published().await, 2, "a job per delivery");
+    assert!(
+        receiver.drain(Duration::from_millis(500)).await.is_empty(),
+        "nothing attempted while the lease holds"
+    );
+    let rows = deliveries(&pool).await;
+    assert_eq!(rows.len(), 2, "nothing created twice: {rows:?}");
+    assert!(
+        rows.iter()
+            .all(|row| row.status == "pending" && row.attempt_count == 0),
+        "{rows:?}"
+    );
+
+    step.broker.close().await;
+    namespace.cleanup().await;
+}
