@@ -454,6 +454,22 @@ async fn declare_delay_queue(
     declare_quorum_queue(channel, name, arguments).await
 }
 
+/// Ready messages in `queue` (those delivered and not yet acked are not
+/// counted), by a passive declare, which fails if the queue does not exist.
+pub async fn ready_messages(channel: &Channel, queue: &str) -> lapin::Result<u32> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(declared.message_count())
+}
+
 /// Deletes every queue and exchange of a namespace (tests clean up after themselves).
 pub async fn delete_topology(channel: &Channel, names: &Names) -> lapin::Result<()> {
     for queue in names.all_queues() {

@@ -136,19 +136,11 @@ impl TestBroker {
 /// Ready messages in a queue (unacknowledged ones are not counted).
 pub async fn ready_messages(broker: &Broker, queue: &str) -> u32 {
     let channel = broker.channel().await.expect("channel");
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let count = broker::ready_messages(&channel, queue)
         .await
         .expect("the queue exists");
     let _ = channel.close(200, "counted".into()).await;
-    declared.message_count()
+    count
 }
 
 /// Events arriving on a test queue.

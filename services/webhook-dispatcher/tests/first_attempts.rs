@@ -58,26 +58,34 @@ impl FanoutAlone {
     async fn jobs_published(&self) -> u32 {
         ready_messages(&self.broker, &self.deliveries_queue).await
     }
+
+    async fn stop(self, namespace: Namespace) {
+        self.broker.close().await;
+        namespace.cleanup().await;
+    }
 }
 
-/// The `call.queued` event the call's insert wrote to the outbox (no relay runs here).
-async fn queued_event(pool: &PgPool) -> Event {
+/// A call with an inline URL and an endpoint, both at a receiver, and its
+/// `call.queued` event as the call's insert wrote it to the outbox (no relay
+/// runs here), with the fan-out step to hand it to.
+async fn queued_call_to_fan_out(pool: &PgPool) -> (Namespace, FanoutAlone, Receiver, Event) {
+    let namespace = Namespace::new();
+    let step = FanoutAlone::start(pool, &namespace).await;
+    let receiver = Receiver::start(Plan::default()).await;
+    let org = seed_org(pool).await;
+    create_endpoint(pool, &org, &receiver.url, &["*"]).await;
+    queued_call(pool, &org, Some(&receiver.url)).await;
     let (payload,): (serde_json::Value,) = sqlx::query_as("SELECT payload FROM outbox")
         .fetch_one(pool)
         .await
         .unwrap();
-    serde_json::from_value(payload).unwrap()
+    let event = serde_json::from_value(payload).unwrap();
+    (namespace, step, receiver, event)
 }
 
 #[sqlx::test(migrations = "../../migrations")]
 async fn a_new_delivery_is_attempted_by_its_fan_out_without_a_job(pool: PgPool) {
-    let namespace = Namespace::new();
-    let step = FanoutAlone::start(&pool, &namespace).await;
-    let mut receiver = Receiver::start(Plan::default()).await;
-    let org = seed_org(&pool).await;
-    create_endpoint(&pool, &org, &receiver.url, &["*"]).await;
-    queued_call(&pool, &org, Some(&receiver.url)).await;
-    let event = queued_event(&pool).await;
+    let (namespace, step, mut receiver, event) = queued_call_to_fan_out(&pool).await;
 
     step.handle(&event, false).await;
 
@@ -96,8 +104,7 @@ async fn a_new_delivery_is_attempted_by_its_fan_out_without_a_job(pool: PgPool) 
         "no job went through the broker"
     );
 
-    step.broker.close().await;
-    namespace.cleanup().await;
+    step.stop(namespace).await;
 }
 
 /// The event comes back after its dispatcher died between the fan-out's
@@ -106,13 +113,7 @@ async fn a_new_delivery_is_attempted_by_its_fan_out_without_a_job(pool: PgPool) 
 /// rather than waiting for the sweeper.
 #[sqlx::test(migrations = "../../migrations")]
 async fn a_redelivered_event_publishes_jobs_for_deliveries_a_dead_dispatcher_held(pool: PgPool) {
-    let namespace = Namespace::new();
-    let step = FanoutAlone::start(&pool, &namespace).await;
-    let mut receiver = Receiver::start(Plan::default()).await;
-    let org = seed_org(&pool).await;
-    create_endpoint(&pool, &org, &receiver.url, &["*"]).await;
-    queued_call(&pool, &org, Some(&receiver.url)).await;
-    let event = queued_event(&pool).await;
+    let (namespace, step, mut receiver, event) = queued_call_to_fan_out(&pool).await;
     let body = serde_json::to_value(Envelope::for_event(&event)).unwrap();
     let mut conn = pool.acquire().await.unwrap();
     let created = store::fan_out(&mut conn, &event, &body).await.unwrap();
@@ -138,6 +139,5 @@ async fn a_redelivered_event_publishes_jobs_for_deliveries_a_dead_dispatcher_hel
         "{rows:?}"
     );
 
-    step.broker.close().await;
-    namespace.cleanup().await;
+    step.stop(namespace).await;
 }

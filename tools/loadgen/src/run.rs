@@ -16,8 +16,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -884,22 +882,14 @@ async fn inspect_broker(args: &RunArgs) -> anyhow::Result<(Vec<QueueDepth>, Vec<
         depths.clear();
         for queue in names.all_queues() {
             let channel = connection.create_channel().await?;
-            let declared = channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
+            let messages = ringer::broker::ready_messages(&channel, &queue)
                 .await
                 .with_context(|| format!("queue {queue} (is --namespace right?)"))?;
             let _ = channel.close(200, "done".into()).await;
             depths.push(QueueDepth {
                 is_dead_letter_queue: dlqs.contains(&queue),
                 queue,
-                messages: u64::from(declared.message_count()),
+                messages: u64::from(messages),
             });
         }
         let busy = depths

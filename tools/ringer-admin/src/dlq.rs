@@ -21,7 +21,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueuePurgeOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, message::Delivery};
@@ -74,20 +74,11 @@ pub fn all(names: &Names) -> Vec<DeadLetterQueue> {
 
 /// How many ready messages `queue` holds (a passive declare, which fails if it does not exist).
 async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    ringer::broker::ready_messages(channel, queue)
         .await
         .with_context(|| {
             format!("queue {queue} does not exist (is RINGER_NAMESPACE / --namespace right?)")
-        })?;
-    Ok(declared.message_count())
+        })
 }
 
 /// One line of `dlq list`.

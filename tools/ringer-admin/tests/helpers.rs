@@ -121,20 +121,7 @@ pub async fn dead_letter(
 
 /// Ready messages in `queue`.
 pub async fn depth(broker: &TestBroker, queue: &str) -> u32 {
-    let channel = broker.broker.channel().await.unwrap();
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue exists");
-    let _ = channel.close(200, "done".into()).await;
-    declared.message_count()
+    ringer::testing::ready_messages(&broker.broker, queue).await
 }
 
 pub async fn wait_for_depth(broker: &TestBroker, queue: &str, expected: u32) {
