@@ -185,6 +185,16 @@ pub struct OwnedCall {
     pub call: Call,
 }
 
+/// A call as an update that also took its next event sequence number left it
+/// (`SET event_seq = event_seq + 1 … RETURNING event_seq, org_id, <columns>`),
+/// for [`crate::outbox::emit_numbered`].
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NumberedCall {
+    pub event_seq: i64,
+    #[sqlx(flatten)]
+    pub owned: OwnedCall,
+}
+
 pub async fn find_call(conn: &mut PgConnection, call_id: Uuid) -> sqlx::Result<Option<OwnedCall>> {
     sqlx::query_as::<_, OwnedCall>(concat!(
         "SELECT org_id, ",
@@ -236,11 +246,13 @@ pub async fn insert_queued_call(conn: &mut PgConnection, new: &NewCall) -> sqlx:
     } else {
         WebhookStatus::None
     };
-    let call = sqlx::query_as::<_, Call>(concat!(
+    // `call.queued` is the call's first event: its sequence number is set here.
+    let inserted = sqlx::query_as::<_, NumberedCall>(concat!(
         "INSERT INTO calls (id, org_id, to_number, from_number, prompt, context, returns, language, \
          webhook_url, webhook_status, voicemail_action, max_duration_seconds, metadata, tools, \
-         rate_per_minute_milli_cents, hold_milli_cents) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING ",
+         rate_per_minute_milli_cents, hold_milli_cents, event_seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 1) \
+         RETURNING event_seq, org_id, ",
         call_columns!()
     ))
     .bind(new.id)
@@ -261,11 +273,13 @@ pub async fn insert_queued_call(conn: &mut PgConnection, new: &NewCall) -> sqlx:
     .bind(new.hold_milli_cents)
     .fetch_one(&mut *conn)
     .await?;
-    crate::outbox::emit(
+    let call = inserted.owned.call;
+    crate::outbox::emit_numbered(
         conn,
         new.org_id,
         crate::events::EventType::CallQueued,
         &call,
+        inserted.event_seq,
     )
     .await?;
     Ok(call)
@@ -280,18 +294,22 @@ pub async fn close_completion_join(
     conn: &mut PgConnection,
     call_id: Uuid,
 ) -> sqlx::Result<Option<crate::events::Event>> {
-    let closed = sqlx::query_as::<_, OwnedCall>(concat!(
-        "UPDATE calls SET completed_at = now(), updated_at = now(), \
+    let closed = sqlx::query_as::<_, NumberedCall>(concat!(
+        "UPDATE calls SET completed_at = now(), updated_at = now(), event_seq = event_seq + 1, \
            status = CASE WHEN status = 'in_progress' THEN 'completed' ELSE status END \
          WHERE id = $1 AND ended_at IS NOT NULL AND result_status <> 'pending' \
            AND reservation_status <> 'reserved' AND completed_at IS NULL \
-         RETURNING org_id, ",
+         RETURNING event_seq, org_id, ",
         call_columns!()
     ))
     .bind(call_id)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(OwnedCall { org_id, call }) = closed else {
+    let Some(NumberedCall {
+        event_seq,
+        owned: OwnedCall { org_id, call },
+    }) = closed
+    else {
         return Ok(None);
     };
     let Some(event_type) = crate::events::EventType::terminal_for(call.status) else {
@@ -302,7 +320,7 @@ pub async fn close_completion_join(
             call.status
         )));
     };
-    crate::outbox::emit(conn, org_id, event_type, &call)
+    crate::outbox::emit_numbered(conn, org_id, event_type, &call, event_seq)
         .await
         .map(Some)
 }

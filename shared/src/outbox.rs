@@ -36,6 +36,19 @@ pub async fn emit(
     .bind(call.id)
     .fetch_one(&mut *conn)
     .await?;
+    emit_numbered(conn, org_id, event_type, call, sequence).await
+}
+
+/// Like [`emit`], for a caller whose own update of the call already took the
+/// sequence number (`SET event_seq = event_seq + 1 … RETURNING event_seq`,
+/// see [`crate::call::NumberedCall`]): one statement and one row version less.
+pub async fn emit_numbered(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    event_type: EventType,
+    call: &Call,
+    sequence: i64,
+) -> sqlx::Result<Event> {
     let event = Event {
         id: Uuid::now_v7(),
         event_type,

@@ -3,7 +3,7 @@
 //! the completion join, all in one transaction.
 
 use chrono::{DateTime, Utc};
-use ringer::call::{self, CallStatus, OwnedCall, ReservationStatus};
+use ringer::call::{self, CallStatus, NumberedCall, OwnedCall, ReservationStatus};
 use ringer::consumer::StepError;
 use ringer::events::EventType;
 use ringer::ledger::{self, Hold};
@@ -119,11 +119,11 @@ async fn record_billing(
     billed_seconds: i32,
     amount: i64,
     status: ReservationStatus,
-) -> sqlx::Result<OwnedCall> {
+) -> sqlx::Result<NumberedCall> {
     sqlx::query_as(concat!(
         "UPDATE calls SET billed_duration_seconds = $2, billing_amount_milli_cents = $3, \
-           reservation_status = $4, updated_at = now() \
-         WHERE id = $1 RETURNING org_id, ",
+           reservation_status = $4, updated_at = now(), event_seq = event_seq + 1 \
+         WHERE id = $1 RETURNING event_seq, org_id, ",
         ringer::call_columns!()
     ))
     .bind(call_id)
@@ -218,9 +218,11 @@ async fn finish(
     amount: i64,
     status: ReservationStatus,
 ) -> sqlx::Result<bool> {
-    let OwnedCall { org_id, call } =
-        record_billing(conn, call_id, billed_seconds, amount, status).await?;
-    ringer::outbox::emit(conn, org_id, EventType::CallBilled, &call).await?;
+    let NumberedCall {
+        event_seq,
+        owned: OwnedCall { org_id, call },
+    } = record_billing(conn, call_id, billed_seconds, amount, status).await?;
+    ringer::outbox::emit_numbered(conn, org_id, EventType::CallBilled, &call, event_seq).await?;
     let terminal = call::close_completion_join(conn, call_id).await?;
     Ok(terminal.is_some())
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::anyhow;
-use ringer::call::{Call, OwnedCall, ResultStatus};
+use ringer::call::{Call, NumberedCall, OwnedCall, ResultStatus};
 use ringer::consumer::{DeliveryInfo, Step, StepError};
 use ringer::events::{Event, EventType};
 use ringer::returns::ReturnsSchema;
@@ -82,13 +82,16 @@ pub async fn extract_call_result<E: Extractor>(
         FinalResult::Failed(error) => (ResultStatus::Failed, None, Some(error.as_str())),
     };
     let mut tx = db.begin().await?;
-    let Some(OwnedCall { org_id, call }) =
-        store::store_result(&mut tx, call_id, status, result, error).await?
+    let Some(NumberedCall {
+        event_seq,
+        owned: OwnedCall { org_id, call },
+    }) = store::store_result(&mut tx, call_id, status, result, error).await?
     else {
         record_outcome(extractor, "duplicate");
         return Ok(Outcome::AlreadyFinal);
     };
-    ringer::outbox::emit(&mut tx, org_id, EventType::ResultReady, &call).await?;
+    ringer::outbox::emit_numbered(&mut tx, org_id, EventType::ResultReady, &call, event_seq)
+        .await?;
     let terminal = ringer::call::close_completion_join(&mut tx, call_id).await?;
     tx.commit().await?;
 

@@ -1,7 +1,7 @@
 //! The extractor's queries: it reads transcripts and writes only `result`,
 //! `result_status` and `result_error`.
 
-use ringer::call::{OwnedCall, ResultStatus};
+use ringer::call::{NumberedCall, ResultStatus};
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -30,11 +30,12 @@ pub async fn store_result(
     status: ResultStatus,
     result: Option<&Value>,
     error: Option<&str>,
-) -> sqlx::Result<Option<OwnedCall>> {
-    sqlx::query_as::<_, OwnedCall>(concat!(
-        "UPDATE calls SET result = $2, result_status = $3, result_error = $4, updated_at = now() \
+) -> sqlx::Result<Option<NumberedCall>> {
+    sqlx::query_as::<_, NumberedCall>(concat!(
+        "UPDATE calls SET result = $2, result_status = $3, result_error = $4, updated_at = now(), \
+           event_seq = event_seq + 1 \
          WHERE id = $1 AND result_status = 'pending' \
-         RETURNING org_id, ",
+         RETURNING event_seq, org_id, ",
         ringer::call_columns!()
     ))
     .bind(call_id)
