@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ringer::call::{CallStatus, OwnedCall};
+use ringer::call::{CallStatus, NumberedCall, OwnedCall};
 use ringer::call_columns;
 use ringer::events::Event;
 use ringer::telemetry::TraceContext;
@@ -224,14 +224,6 @@ pub async fn why_refused(
     })
 }
 
-/// A call after a step, with the sequence number its event takes.
-#[derive(Debug, sqlx::FromRow)]
-pub struct Stepped {
-    pub event_seq: i64,
-    #[sqlx(flatten)]
-    pub owned: OwnedCall,
-}
-
 /// One call going `initiated → ringing`.
 #[derive(Debug, Clone)]
 pub struct Ringing {
@@ -254,11 +246,11 @@ pub async fn mark_ringing(
     dialer_id: &str,
     lease: Duration,
     calls: &[&Ringing],
-) -> sqlx::Result<Vec<Stepped>> {
+) -> sqlx::Result<Vec<NumberedCall>> {
     let ids: Vec<Uuid> = calls.iter().map(|c| c.call_id).collect();
     let started: Vec<DateTime<Utc>> = calls.iter().map(|c| c.started_at).collect();
     let carrier_ids: Vec<&str> = calls.iter().map(|c| c.carrier_call_id.as_str()).collect();
-    sqlx::query_as::<_, Stepped>(concat!(
+    sqlx::query_as::<_, NumberedCall>(concat!(
         "UPDATE calls SET status = 'ringing', started_at = v.v_started_at, \
            carrier_call_id = v.v_carrier_call_id, \
            lease_expires_at = now() + make_interval(secs => $2), updated_at = now(), \
@@ -295,11 +287,11 @@ pub async fn mark_answered(
     dialer_id: &str,
     lease: Duration,
     calls: &[&Answering],
-) -> sqlx::Result<Vec<Stepped>> {
+) -> sqlx::Result<Vec<NumberedCall>> {
     let ids: Vec<Uuid> = calls.iter().map(|c| c.call_id).collect();
     let answered: Vec<DateTime<Utc>> = calls.iter().map(|c| c.answered_at).collect();
     let by: Vec<&str> = calls.iter().map(|c| c.answered_by).collect();
-    sqlx::query_as::<_, Stepped>(concat!(
+    sqlx::query_as::<_, NumberedCall>(concat!(
         "UPDATE calls SET status = 'in_progress', answered_at = v.v_answered_at, \
            answered_by = v.v_answered_by, \
            lease_expires_at = now() + make_interval(secs => $2), updated_at = now(), \
@@ -350,7 +342,7 @@ pub async fn mark_ended(
     conn: &mut PgConnection,
     dialer_id: &str,
     calls: &[&Ended],
-) -> sqlx::Result<Vec<Stepped>> {
+) -> sqlx::Result<Vec<NumberedCall>> {
     let ids: Vec<Uuid> = calls.iter().map(|c| c.call_id).collect();
     let expected: Vec<&str> = calls.iter().map(|c| c.expected.as_str()).collect();
     let statuses: Vec<&str> = calls.iter().map(|c| c.ending.status.as_str()).collect();
@@ -362,7 +354,7 @@ pub async fn mark_ended(
         .map(|c| c.ending.error_message.as_deref())
         .collect();
     let by: Vec<Option<&str>> = calls.iter().map(|c| c.ending.answered_by).collect();
-    sqlx::query_as::<_, Stepped>(concat!(
+    sqlx::query_as::<_, NumberedCall>(concat!(
         "UPDATE calls SET status = v.v_status, ended_at = v.v_ended_at, \
            duration_seconds = CASE WHEN started_at IS NULL THEN 0 \
              ELSE GREATEST(0, floor(EXTRACT(EPOCH FROM v.v_ended_at - started_at)))::int END, \

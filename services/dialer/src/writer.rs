@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ringer::call::OwnedCall;
+use ringer::call::{NumberedCall, OwnedCall};
 use ringer::events::{EVENT_VERSION, Event, EventType};
 use ringer::telemetry::{self, TraceContext};
 use sqlx::PgPool;
@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::store::{self, Answering, Claim, Ended, Ringing, Segment, Stepped};
+use crate::store::{self, Answering, Claim, Ended, Ringing, Segment};
 
 /// Most changes one transaction applies.
 const MAX_BATCH: usize = 64;
@@ -250,7 +250,7 @@ async fn apply_changes(
         .collect();
 
     let mut tx = replica.db.begin().await?;
-    let mut stepped: Vec<(EventType, Stepped)> = Vec::new();
+    let mut stepped: Vec<(EventType, NumberedCall)> = Vec::new();
     if !ringing.is_empty() {
         let rows =
             store::mark_ringing(&mut tx, &replica.dialer_id, replica.lease, &ringing).await?;
