@@ -95,3 +95,20 @@ pub struct Event {
     pub occurred_at: DateTime<Utc>,
     pub call: Call,
 }
+
+impl Event {
+    /// `event_type` about `call`, happening now, numbered `sequence` (taken
+    /// from the call's `event_seq` in the transaction that made the change).
+    pub fn new(event_type: EventType, org_id: Uuid, call: Call, sequence: i64) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            event_type,
+            version: EVENT_VERSION,
+            org_id,
+            call_id: call.id,
+            sequence,
+            occurred_at: Utc::now(),
+            call,
+        }
+    }
+}

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use lapin::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
 use sqlx::postgres::PgListener;
@@ -13,7 +12,7 @@ use uuid::Uuid;
 
 use crate::broker::{Broker, CONFIRM_TIMEOUT, Outgoing, PublishError, check_confirmation};
 use crate::call::Call;
-use crate::events::{EVENT_VERSION, Event, EventType};
+use crate::events::{Event, EventType};
 use crate::telemetry;
 
 /// Postgres channel notified (by a trigger) when outbox rows are committed by
@@ -49,16 +48,7 @@ pub async fn emit_numbered(
     call: &Call,
     sequence: i64,
 ) -> sqlx::Result<Event> {
-    let event = Event {
-        id: Uuid::now_v7(),
-        event_type,
-        version: EVENT_VERSION,
-        org_id,
-        call_id: call.id,
-        sequence,
-        occurred_at: Utc::now(),
-        call: call.clone(),
-    };
+    let event = Event::new(event_type, org_id, call.clone(), sequence);
     enqueue(conn, &event).await?;
     Ok(event)
 }

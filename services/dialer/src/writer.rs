@@ -10,9 +10,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use ringer::call::{NumberedCall, OwnedCall};
-use ringer::events::{EVENT_VERSION, Event, EventType};
+use ringer::events::{Event, EventType};
 use ringer::telemetry::{self, TraceContext};
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -289,16 +288,12 @@ async fn apply_changes(
     let events: Vec<(Event, Option<TraceContext>)> = stepped
         .iter()
         .map(|(event_type, row)| {
-            let event = Event {
-                id: Uuid::now_v7(),
-                event_type: *event_type,
-                version: EVENT_VERSION,
-                org_id: row.owned.org_id,
-                call_id: row.owned.call.id,
-                sequence: row.event_seq,
-                occurred_at: Utc::now(),
-                call: row.owned.call.clone(),
-            };
+            let event = Event::new(
+                *event_type,
+                row.owned.org_id,
+                row.owned.call.clone(),
+                row.event_seq,
+            );
             // Each event continues the trace of the call it is about.
             let trace = traces.get(&event.call_id).copied().flatten();
             (event, trace)
