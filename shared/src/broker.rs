@@ -133,7 +133,7 @@ impl Names {
 }
 
 /// Which routing keys feed each work queue.
-fn bindings(queue: &str) -> Vec<String> {
+pub fn bindings(queue: &str) -> Vec<String> {
     match queue {
         DIALER_QUEUE => vec![
             EventType::CallQueued.routing_key().to_owned(),

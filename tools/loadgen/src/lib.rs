@@ -6,5 +6,6 @@
 //! - [`run`]: `loadgen run` — orgs, endpoints, calls, waiting, collection, report.
 
 pub mod audit;
+pub mod broker_floor;
 pub mod receiver;
 pub mod run;

@@ -47,6 +47,9 @@ enum Command {
     },
     /// Drive the whole system, wait for every call and webhook, audit, report.
     Run(Box<loadgen::run::RunArgs>),
+    /// Replay a call's messages through RabbitMQ alone: the broker's ceiling
+    /// on the end-to-end rate (printed as JSON).
+    BrokerFloor(loadgen::broker_floor::BrokerFloorArgs),
 }
 
 fn call_body(n: u64) -> serde_json::Value {
@@ -150,6 +153,10 @@ async fn main() -> anyhow::Result<()> {
             if !loadgen::run::run(&cli.api_url, *args).await? {
                 std::process::exit(1);
             }
+        }
+        Command::BrokerFloor(args) => {
+            let report = loadgen::broker_floor::run(args).await?;
+            println!("{}", serde_json::to_string(&report)?);
         }
         Command::CreateCalls {
             concurrency,
