@@ -420,7 +420,7 @@ impl Dispatcher {
 /// Runs a batch statement again when Postgres aborted it to break a deadlock
 /// or a serialization conflict (it rolled back; nothing is half done), so one
 /// lost race does not send a whole batch of jobs back to the queue.
-async fn retry_lost_races<T, F, Fut>(what: &'static str, mut run: F) -> anyhow::Result<T>
+pub(crate) async fn retry_lost_races<T, F, Fut>(what: &'static str, mut run: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = sqlx::Result<T>>,

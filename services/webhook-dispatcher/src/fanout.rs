@@ -1,6 +1,10 @@
 //! `webhooks.events`: one message and one delivery per destination per public
-//! event, in one transaction; then the first attempt of each new delivery,
+//! event, in one statement; then the first attempt of each new delivery,
 //! made here rather than through a job on `webhooks.deliveries`.
+//!
+//! The statements of events handled at the same time commit together (a
+//! [`Batcher`] of fan-outs): four public events per call each paid a commit
+//! and its WAL flush before, and that was 15–20 % of the end-to-end rate.
 //!
 //! A first attempt goes through the same [`Dispatcher::run_job`] as a job
 //! from the queue (destination cap, claim, ordering, record, follow-ups), so
@@ -14,15 +18,21 @@ use std::sync::Arc;
 
 use ringer::consumer::{DeliveryInfo, Step, StepError};
 use ringer::events::Event;
+use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::deliver::Dispatcher;
+use crate::batch::Batcher;
+use crate::deliver::{Dispatcher, retry_lost_races};
 use crate::envelope::Envelope;
 use crate::jobs::{DeliveryJob, Publisher};
-use crate::store;
+use crate::store::{self, FannedOut};
+
+/// Events fanned out in one transaction at most, and such transactions at once.
+const BATCH_MAX: usize = 64;
+const BATCHES_IN_FLIGHT: usize = 2;
 
 pub struct Fanout {
-    db: PgPool,
+    batches: Batcher<(Event, Value), anyhow::Result<Vec<FannedOut>>>,
     publisher: Publisher,
     dispatcher: Arc<Dispatcher>,
 }
@@ -37,8 +47,42 @@ pub struct Scheduled {
 
 impl Fanout {
     pub fn new(db: PgPool, publisher: Publisher, dispatcher: Arc<Dispatcher>) -> Self {
+        // Concurrent events share a transaction (one commit for many), each
+        // still its own fan-out statement, so a busy dispatcher pays one WAL
+        // flush for a batch of events and an idle one commits each at once.
+        let batches = Batcher::spawn(
+            BATCH_MAX,
+            BATCHES_IN_FLIGHT,
+            move |events: Vec<(Event, Value)>| {
+                let db = db.clone();
+                async move {
+                    let together =
+                        retry_lost_races("fan-out", || fan_out_together(&db, &events)).await;
+                    match together {
+                        Ok(rows) => Ok(rows.into_iter().map(Ok).collect()),
+                        Err(error) if events.len() == 1 => Err(error),
+                        // One bad event must not fail the others: each alone.
+                        Err(error) => {
+                            tracing::warn!(
+                                error = format!("{error:#}"),
+                                events = events.len(),
+                                "fan-out batch failed; fanning out its events one by one"
+                            );
+                            let mut each = Vec::with_capacity(events.len());
+                            for event in events.chunks(1) {
+                                let rows =
+                                    retry_lost_races("fan-out", || fan_out_together(&db, event))
+                                        .await;
+                                each.push(rows.map(|mut rows| rows.pop().unwrap_or_default()));
+                            }
+                            Ok(each)
+                        }
+                    }
+                }
+            },
+        );
         Self {
-            db,
+            batches,
             publisher,
             dispatcher,
         }
@@ -49,8 +93,12 @@ impl Fanout {
     pub async fn schedule_deliveries(&self, event: &Event) -> Result<Scheduled, StepError> {
         let body = serde_json::to_value(Envelope::for_event(event))
             .map_err(|error| StepError::Poison(error.into()))?;
-        let mut conn = self.db.acquire().await?;
-        let rows = store::fan_out(&mut conn, event, &body).await?;
+        let rows = self
+            .batches
+            .call((event.clone(), body))
+            .await
+            .and_then(|rows| rows)
+            .map_err(StepError::Transient)?;
         let mut scheduled = Scheduled::default();
         for fanned in rows {
             let job = fanned.row.job();
@@ -97,6 +145,25 @@ impl Fanout {
         }
         Ok(())
     }
+}
+
+/// Fans out `events` in one transaction, a statement each. They run in order
+/// of call and sequence, so that two batches touching the same calls lock
+/// their rows in the same order.
+async fn fan_out_together(
+    db: &PgPool,
+    events: &[(Event, Value)],
+) -> sqlx::Result<Vec<Vec<FannedOut>>> {
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    order.sort_by_key(|&index| (events[index].0.call_id, events[index].0.sequence));
+    let mut rows: Vec<Vec<FannedOut>> = (0..events.len()).map(|_| Vec::new()).collect();
+    let mut tx = db.begin().await?;
+    for index in order {
+        let (event, body) = &events[index];
+        rows[index] = store::fan_out(&mut tx, event, body).await?;
+    }
+    tx.commit().await?;
+    Ok(rows)
 }
 
 impl Step for Fanout {

@@ -17,7 +17,7 @@ use crate::helpers::*;
 /// The fan-out step on its own, with no consumer on `webhooks.deliveries`:
 /// whatever is published there stays to be counted.
 struct FanoutAlone {
-    fanout: fanout::Fanout,
+    fanout: Arc<fanout::Fanout>,
     broker: Broker,
     deliveries_queue: String,
 }
@@ -39,20 +39,17 @@ impl FanoutAlone {
             &config,
         ));
         Self {
-            fanout: fanout::Fanout::new(pool.clone(), publisher, dispatcher),
+            fanout: Arc::new(fanout::Fanout::new(pool.clone(), publisher, dispatcher)),
             deliveries_queue: namespace.names.queue(WEBHOOK_DELIVERIES_QUEUE),
             broker,
         }
     }
 
     async fn handle(&self, event: &Event, redelivered: bool) {
-        let info = DeliveryInfo {
-            routing_key: event.event_type.as_str().to_owned(),
-            redelivered,
-            delivery_count: u32::from(redelivered),
-            message_id: Some(event.id.to_string()),
-        };
-        self.fanout.handle(event.clone(), info).await.unwrap();
+        self.fanout
+            .handle(event.clone(), delivery_info(event, redelivered))
+            .await
+            .unwrap();
     }
 
     async fn jobs_published(&self) -> u32 {
@@ -62,6 +59,15 @@ impl FanoutAlone {
     async fn stop(self, namespace: Namespace) {
         self.broker.close().await;
         namespace.cleanup().await;
+    }
+}
+
+fn delivery_info(event: &Event, redelivered: bool) -> DeliveryInfo {
+    DeliveryInfo {
+        routing_key: event.event_type.as_str().to_owned(),
+        redelivered,
+        delivery_count: u32::from(redelivered),
+        message_id: Some(event.id.to_string()),
     }
 }
 
@@ -138,6 +144,58 @@ async fn a_redelivered_event_publishes_jobs_for_deliveries_a_dead_dispatcher_hel
             .all(|row| row.status == "pending" && row.attempt_count == 0),
         "{rows:?}"
     );
+
+    step.stop(namespace).await;
+}
+
+/// Events handled at the same time share a fan-out transaction. One that
+/// cannot be stored (its org and call do not exist) fails alone: the others
+/// are fanned out and attempted all the same.
+#[sqlx::test(migrations = "../../migrations")]
+async fn an_event_that_cannot_be_fanned_out_fails_alone(pool: PgPool) {
+    let namespace = Namespace::new();
+    let step = FanoutAlone::start(&pool, &namespace).await;
+    let mut receiver = Receiver::start(Plan::default()).await;
+    let org = seed_org(&pool).await;
+    create_endpoint(&pool, &org, &receiver.url, &["*"]).await;
+    for _ in 0..12 {
+        queued_call(&pool, &org, None).await;
+    }
+    let payloads: Vec<(serde_json::Value,)> =
+        sqlx::query_as("SELECT payload FROM outbox ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut events: Vec<Event> = payloads
+        .into_iter()
+        .map(|(payload,)| serde_json::from_value(payload).unwrap())
+        .collect();
+    let mut orphan = events[0].clone();
+    orphan.id = uuid::Uuid::new_v4();
+    orphan.org_id = uuid::Uuid::new_v4();
+    orphan.call_id = uuid::Uuid::new_v4();
+    events.insert(6, orphan.clone());
+
+    let mut running = tokio::task::JoinSet::new();
+    for event in events {
+        let fanout = step.fanout.clone();
+        running.spawn(async move {
+            let info = delivery_info(&event, false);
+            (event.id, fanout.handle(event, info).await.is_ok())
+        });
+    }
+    let outcomes = running.join_all().await;
+    for (event_id, handled) in &outcomes {
+        assert_eq!(
+            *handled,
+            *event_id != orphan.id,
+            "event {event_id}: {outcomes:?}"
+        );
+    }
+    let rows = deliveries(&pool).await;
+    assert_eq!(rows.len(), 12, "{rows:?}");
+    assert!(rows.iter().all(|row| row.status == "delivered"), "{rows:?}");
+    assert_eq!(receiver.take(12, Duration::from_secs(5)).await.len(), 12);
 
     step.stop(namespace).await;
 }
