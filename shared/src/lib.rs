@@ -2,6 +2,7 @@
 //! broker topology, events, the outbox and its relay, the consume loop, the
 //! Call model, money, telemetry and shutdown.
 
+pub mod batch;
 pub mod broker;
 pub mod call;
 pub mod config;

@@ -1,17 +1,23 @@
 //! The extractor's worker step: on `internal.call.ended`, decide the call's
 //! final result, store it with `internal.call.result_ready`, and close the
 //! completion join, all in one transaction.
+//!
+//! In the service, the writes of results decided at the same time share that
+//! transaction (a [`ResultWriter`]): one commit, and one WAL flush, for many
+//! calls. Each call's writes still happen, and are guarded, as if alone.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::anyhow;
+use ringer::batch::Batcher;
 use ringer::call::{Call, NumberedCall, OwnedCall, ResultStatus};
 use ringer::consumer::{DeliveryInfo, Step, StepError};
 use ringer::events::{Event, EventType};
 use ringer::returns::ReturnsSchema;
+use ringer::telemetry::{self, TraceContext};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::extraction::{ExtractionRequest, Extractor, Speaker, Utterance};
@@ -37,6 +43,118 @@ enum FinalResult {
     Failed(String),
 }
 
+impl FinalResult {
+    fn columns(&self) -> (ResultStatus, Option<&Value>, Option<&str>) {
+        match self {
+            FinalResult::Completed(result) => (ResultStatus::Completed, Some(result), None),
+            FinalResult::Failed(error) => (ResultStatus::Failed, None, Some(error.as_str())),
+        }
+    }
+}
+
+/// A decided result, waiting to be written, with the trace of its call.
+struct ResultWrite {
+    call_id: Uuid,
+    final_result: FinalResult,
+    trace: Option<TraceContext>,
+}
+
+/// What writing a result did: the call as stored and its terminal event when
+/// the write closed the completion join; None when the result was already final.
+type Written = Option<(NumberedCall, Option<Event>)>;
+
+/// Results written at most per transaction, and such transactions at once.
+const WRITE_BATCH_MAX: usize = 64;
+const WRITES_IN_FLIGHT: usize = 2;
+
+/// Writes the results of concurrent extractions together: one transaction
+/// (and commit) per batch, each call's statements inside it as they would
+/// run alone. A batch that fails is written again call by call, so one call
+/// that cannot be written fails alone.
+pub struct ResultWriter {
+    batches: Batcher<ResultWrite, anyhow::Result<Written>>,
+}
+
+impl ResultWriter {
+    pub fn start(db: PgPool) -> Self {
+        let batches = Batcher::spawn(
+            "extractor_result",
+            WRITE_BATCH_MAX,
+            WRITES_IN_FLIGHT,
+            move |writes: Vec<ResultWrite>| {
+                let db = db.clone();
+                async move {
+                    match write_results(&db, &writes).await {
+                        Ok(written) => Ok(written.into_iter().map(Ok).collect()),
+                        Err(error) if writes.len() == 1 => Err(error.into()),
+                        Err(error) => {
+                            tracing::warn!(%error, calls = writes.len(), "result batch failed; writing its results one by one");
+                            let mut each = Vec::with_capacity(writes.len());
+                            for write in writes.chunks(1) {
+                                let written = write_results(&db, write).await;
+                                each.push(
+                                    written
+                                        .map(|mut written| written.pop().flatten())
+                                        .map_err(Into::into),
+                                );
+                            }
+                            Ok(each)
+                        }
+                    }
+                }
+            },
+        );
+        Self { batches }
+    }
+
+    async fn write(&self, write: ResultWrite) -> Result<Written, StepError> {
+        self.batches
+            .call(write)
+            .await
+            .and_then(|written| written)
+            .map_err(StepError::Transient)
+    }
+}
+
+/// Writes `writes` in one transaction, in order of call id (so that two
+/// batches lock their rows alike), each under its call's trace.
+async fn write_results(db: &PgPool, writes: &[ResultWrite]) -> sqlx::Result<Vec<Written>> {
+    let mut order: Vec<usize> = (0..writes.len()).collect();
+    order.sort_by_key(|&index| writes[index].call_id);
+    let mut written: Vec<Written> = (0..writes.len()).map(|_| None).collect();
+    let mut tx = db.begin().await?;
+    for index in order {
+        let write = &writes[index];
+        let one = write_result(&mut tx, write);
+        written[index] = match write.trace {
+            Some(trace) => telemetry::within(trace, one).await?,
+            None => one.await?,
+        };
+    }
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// Stores one result if it is still pending, with `internal.call.result_ready`,
+/// and closes the completion join.
+async fn write_result(conn: &mut PgConnection, write: &ResultWrite) -> sqlx::Result<Written> {
+    let (status, result, error) = write.final_result.columns();
+    let Some(stored) = store::store_result(conn, write.call_id, status, result, error).await?
+    else {
+        return Ok(None);
+    };
+    ringer::outbox::emit_numbered(
+        conn,
+        stored.owned.org_id,
+        EventType::ResultReady,
+        &stored.owned.call,
+        stored.event_seq,
+    )
+    .await?;
+    let terminal = ringer::call::close_completion_join(conn, write.call_id).await?;
+    Ok(Some((stored, terminal)))
+}
+
 /// Extracts and stores the result of the ended call `call_id`, then closes the
 /// completion join. Idempotent: a call whose result is no longer pending is
 /// left untouched and nothing is emitted.
@@ -45,6 +163,16 @@ enum FinalResult {
 /// write re-checks that the result is still pending under the row lock.
 pub async fn extract_call_result<E: Extractor>(
     db: &PgPool,
+    extractor: &E,
+    call_id: Uuid,
+) -> Result<Outcome, StepError> {
+    extract(db, None, extractor, call_id).await
+}
+
+/// [`extract_call_result`], its write made by `writer` when there is one.
+async fn extract<E: Extractor>(
+    db: &PgPool,
+    writer: Option<&ResultWriter>,
     extractor: &E,
     call_id: Uuid,
 ) -> Result<Outcome, StepError> {
@@ -77,23 +205,34 @@ pub async fn extract_call_result<E: Extractor>(
         }
     };
 
-    let (status, result, error) = match &final_result {
-        FinalResult::Completed(result) => (ResultStatus::Completed, Some(result), None),
-        FinalResult::Failed(error) => (ResultStatus::Failed, None, Some(error.as_str())),
+    let status = final_result.columns().0;
+    let result_error = match &final_result {
+        FinalResult::Completed(_) => None,
+        FinalResult::Failed(error) => Some(error.clone()),
     };
-    let mut tx = db.begin().await?;
-    let Some(NumberedCall {
-        event_seq,
-        owned: OwnedCall { org_id, call },
-    }) = store::store_result(&mut tx, call_id, status, result, error).await?
+    let write = ResultWrite {
+        call_id,
+        final_result,
+        trace: telemetry::current(),
+    };
+    let written = match writer {
+        Some(writer) => writer.write(write).await?,
+        None => write_results(db, std::slice::from_ref(&write))
+            .await?
+            .pop()
+            .flatten(),
+    };
+    let Some((
+        NumberedCall {
+            owned: OwnedCall { call, .. },
+            ..
+        },
+        terminal,
+    )) = written
     else {
         record_outcome(extractor, "duplicate");
         return Ok(Outcome::AlreadyFinal);
     };
-    ringer::outbox::emit_numbered(&mut tx, org_id, EventType::ResultReady, &call, event_seq)
-        .await?;
-    let terminal = ringer::call::close_completion_join(&mut tx, call_id).await?;
-    tx.commit().await?;
 
     let outcome = if call.answered_at.is_none() {
         "not_answered"
@@ -101,11 +240,9 @@ pub async fn extract_call_result<E: Extractor>(
         status.as_str()
     };
     record_outcome(extractor, outcome);
-    match &final_result {
-        FinalResult::Completed(_) => {
-            tracing::info!(%call_id, joined = terminal.is_some(), "result stored")
-        }
-        FinalResult::Failed(error) => {
+    match result_error {
+        None => tracing::info!(%call_id, joined = terminal.is_some(), "result stored"),
+        Some(error) => {
             tracing::info!(%call_id, joined = terminal.is_some(), result_error = %error, "result failed")
         }
     }
@@ -208,12 +345,17 @@ fn record_outcome<E: Extractor>(extractor: &E, outcome: &'static str) {
 /// The step the consume loop runs for each message on the `extractor` queue.
 pub struct ExtractorStep<E> {
     db: PgPool,
+    writer: ResultWriter,
     extractor: Arc<E>,
 }
 
 impl<E> ExtractorStep<E> {
     pub fn new(db: PgPool, extractor: Arc<E>) -> Self {
-        Self { db, extractor }
+        Self {
+            writer: ResultWriter::start(db.clone()),
+            db,
+            extractor,
+        }
     }
 }
 
@@ -228,8 +370,13 @@ impl<E: Extractor> Step for ExtractorStep<E> {
                 EventType::CallEnded
             )));
         }
-        extract_call_result(&self.db, &*self.extractor, event.call_id)
-            .await
-            .map(|_| ())
+        extract(
+            &self.db,
+            Some(&self.writer),
+            &*self.extractor,
+            event.call_id,
+        )
+        .await
+        .map(|_| ())
     }
 }

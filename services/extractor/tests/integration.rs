@@ -6,3 +6,4 @@ mod helpers;
 mod join;
 mod llm;
 mod step;
+mod writer;

@@ -13,12 +13,12 @@ use ringer::retry::{Failure, RetryPolicy};
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::batch::Batcher;
 use crate::envelope::{self, Signing};
 use crate::http::{AttemptResult, Sender};
 use crate::jobs::{DeadLetter, DeliveryJob, Publisher};
 use crate::schedule;
 use crate::store::{self, ClaimAnswer, ClaimRequest, Claimed, Outcome, Record, Recorded};
+use ringer::batch::Batcher;
 
 /// A job may arrive this much before its delivery is due and still be attempted.
 const EARLY_TOLERANCE: Duration = Duration::from_millis(5);
@@ -170,6 +170,7 @@ impl Dispatcher {
         let lease = config.lease();
         let claim_db = db.clone();
         let claims = Batcher::spawn(
+            "webhook_claim",
             BATCH_MAX,
             CLAIMS_IN_FLIGHT,
             move |requests: Vec<ClaimRequest>| {
@@ -183,16 +184,21 @@ impl Dispatcher {
                 }
             },
         );
-        let records = Batcher::spawn(BATCH_MAX, 1, move |records: Vec<Record>| {
-            let db = db.clone();
-            async move {
-                retry_lost_races("record", || async {
-                    let mut conn = db.acquire().await?;
-                    store::record(&mut conn, &records, schedule::DISABLE_AFTER_FAILURES).await
-                })
-                .await
-            }
-        });
+        let records = Batcher::spawn(
+            "webhook_record",
+            BATCH_MAX,
+            1,
+            move |records: Vec<Record>| {
+                let db = db.clone();
+                async move {
+                    retry_lost_races("record", || async {
+                        let mut conn = db.acquire().await?;
+                        store::record(&mut conn, &records, schedule::DISABLE_AFTER_FAILURES).await
+                    })
+                    .await
+                }
+            },
+        );
         Self {
             claims,
             records,

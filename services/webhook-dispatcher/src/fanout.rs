@@ -21,11 +21,11 @@ use ringer::events::Event;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::batch::Batcher;
 use crate::deliver::{Dispatcher, retry_lost_races};
 use crate::envelope::Envelope;
 use crate::jobs::{DeliveryJob, Publisher};
 use crate::store::{self, FannedOut};
+use ringer::batch::Batcher;
 
 /// Events fanned out in one transaction at most, and such transactions at once.
 const BATCH_MAX: usize = 64;
@@ -51,6 +51,7 @@ impl Fanout {
         // still its own fan-out statement, so a busy dispatcher pays one WAL
         // flush for a batch of events and an idle one commits each at once.
         let batches = Batcher::spawn(
+            "webhook_fan_out",
             BATCH_MAX,
             BATCHES_IN_FLIGHT,
             move |events: Vec<(Event, Value)>| {

@@ -24,7 +24,6 @@
 //!   delay queue instead of holding a consumer slot, so a slow or dead endpoint
 //!   does not delay others.
 
-pub mod batch;
 pub mod deliver;
 pub mod envelope;
 pub mod fanout;

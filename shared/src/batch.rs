@@ -1,12 +1,14 @@
-//! Natural batching: many concurrent jobs share one database statement.
+//! Natural batching: many concurrent jobs share one database statement or
+//! one transaction.
 //!
-//! Each delivery job needs a claim and a record, and Postgres spends most of a
-//! small statement's cost on the statement itself (locks on every table and
-//! index it names, executor set-up, commit), not on its rows. A [`Batcher`]
-//! queues the requests of concurrent jobs and one task runs whatever is
-//! waiting as a single statement (up to `max` at once), then answers each job.
-//! Nothing waits for a batch to fill: an idle dispatcher runs batches of one
-//! at the latency it had before, and a busy one runs larger batches.
+//! Postgres spends most of a small statement's cost on the statement itself
+//! (locks on every table and index it names, executor set-up), and most of a
+//! small write transaction's on its commit (the WAL flush), not on its rows.
+//! A [`Batcher`] queues the requests of concurrent jobs and one task runs
+//! whatever is waiting together (up to `max` at once), then answers each job:
+//! the webhook dispatcher's claims, records and fan-outs, the extractor's
+//! results. Nothing waits for a batch to fill: an idle process runs batches of
+//! one at the latency it had before, and a busy one runs larger batches.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,7 +32,8 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// output per input, in order: at most `max` requests per batch and at most
     /// `in_flight` batches at once (requests wait in line while all run, which
     /// is what makes the next batch larger). It stops when the batcher is dropped.
-    pub fn spawn<F, Fut>(max: usize, in_flight: usize, run: F) -> Self
+    /// `name` labels the batches in the `ringer_batch_size` histogram.
+    pub fn spawn<F, Fut>(name: &'static str, max: usize, in_flight: usize, run: F) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<Vec<O>>> + Send + 'static,
@@ -49,7 +52,8 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 }
                 let (inputs, replies): (Vec<I>, Vec<_>) =
                     batch.into_iter().map(|r| (r.input, r.reply)).unzip();
-                metrics::histogram!("ringer_webhook_batch_size").record(inputs.len() as f64);
+                metrics::histogram!("ringer_batch_size", "batch" => name)
+                    .record(inputs.len() as f64);
                 let outcome = run(inputs);
                 tokio::spawn(async move {
                     answer(replies, outcome.await);
@@ -107,7 +111,7 @@ mod tests {
     async fn concurrent_calls_share_batches_and_each_gets_its_own_answer() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let seen = sizes.clone();
-        let batcher = Arc::new(Batcher::spawn(8, 2, move |inputs: Vec<u32>| {
+        let batcher = Arc::new(Batcher::spawn("test", 8, 2, move |inputs: Vec<u32>| {
             seen.lock().unwrap().push(inputs.len());
             async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -136,7 +140,7 @@ mod tests {
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
         let (now, peak) = (running.clone(), most.clone());
-        let batcher = Arc::new(Batcher::spawn(2, 3, move |inputs: Vec<u32>| {
+        let batcher = Arc::new(Batcher::spawn("test", 2, 3, move |inputs: Vec<u32>| {
             let (now, peak) = (now.clone(), peak.clone());
             async move {
                 let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
@@ -164,7 +168,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_fails_every_call_in_it_and_the_next_batch_still_runs() {
-        let batcher = Batcher::spawn(4, 1, |inputs: Vec<u32>| async move {
+        let batcher = Batcher::spawn("test", 4, 1, |inputs: Vec<u32>| async move {
             if inputs.contains(&0) {
                 anyhow::bail!("database unreachable");
             }
@@ -177,11 +181,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_short_answer_is_an_error_not_a_wrong_pairing() {
-        let batcher = Batcher::spawn(
-            4,
-            1,
-            |_inputs: Vec<u32>| async move { Ok(Vec::<u32>::new()) },
-        );
+        let batcher = Batcher::spawn("test", 4, 1, |_inputs: Vec<u32>| async move {
+            Ok(Vec::<u32>::new())
+        });
         assert!(batcher.call(1).await.is_err());
     }
 }
