@@ -58,6 +58,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// publisher gives up (and, for the outbox, rolls back to retry later).
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long [`Broker::close`] waits for the broker to answer.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Delivery limit of dead-letter queues: effectively none.
 pub const DEAD_LETTER_DELIVERY_LIMIT: u32 = 1_000_000_000;
 
@@ -242,9 +245,18 @@ impl Broker {
         self.connection.create_channel().await
     }
 
+    /// Closes the connection, waiting at most [`CLOSE_TIMEOUT`] for the
+    /// broker's answer: a broker that stopped answering, or a connection that
+    /// failed while closing, must not hold a process's shutdown for ever.
     pub async fn close(&self) {
-        if let Err(error) = self.connection.close(200, "shutdown".into()).await {
-            tracing::debug!(%error, "closing the broker connection");
+        let closing = self.connection.close(200, "shutdown".into());
+        match tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "closing the broker connection"),
+            Err(_) => tracing::warn!(
+                timeout = ?CLOSE_TIMEOUT,
+                "the broker did not answer the connection's close; leaving it"
+            ),
         }
     }
 

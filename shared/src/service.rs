@@ -32,7 +32,23 @@ pub struct Infrastructure {
     pub instance: String,
 }
 
+/// How long closing the database pool may wait for its connections to come
+/// back (a task still holding one would otherwise hold the exit for ever).
+pub const POOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Infrastructure {
+    /// Closes the broker connection and the database pool, each within its
+    /// timeout, so that a shutdown always ends.
+    pub async fn close(&self) {
+        self.broker.close().await;
+        if tokio::time::timeout(POOL_CLOSE_TIMEOUT, self.db.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?POOL_CLOSE_TIMEOUT, "database connections still in use at exit; leaving them");
+        }
+    }
+
     pub async fn connect(config: &CommonConfig, service: &str) -> anyhow::Result<Self> {
         // One name per process: its commits wake its own outbox relay.
         let instance = instance_name(service);
@@ -181,8 +197,7 @@ where
     let _ = relay.await;
     let _ = http.await;
     let connection = watch.finish();
-    infra.broker.close().await;
-    infra.db.close().await;
+    infra.close().await;
     // A lost broker explains a failed consumer better than the consumer's own error.
     connection.and(result)
 }

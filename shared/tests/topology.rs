@@ -61,3 +61,60 @@ async fn a_process_is_named_once_for_postgres_and_rabbitmq(pool: sqlx::PgPool) {
     };
     test.cleanup().await;
 }
+
+/// A TCP relay to RabbitMQ that can go silent: once `silence` is set, what
+/// the broker sends is swallowed (the socket stays open, as with a broker
+/// that hangs or a connection lapin saw fail mid-close).
+async fn silenceable_relay(silence: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let broker = tokio::net::TcpStream::connect("127.0.0.1:5672")
+            .await
+            .unwrap();
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut broker_read, mut broker_write) = broker.into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut client_read, &mut broker_write).await });
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let read = match broker_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => read,
+            };
+            if silence.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            if client_write.write_all(&buffer[..read]).await.is_err() {
+                return;
+            }
+        }
+    });
+    format!("amqp://guest:guest@{addr}/%2f")
+}
+
+/// Shutting down closes the broker connection; a broker that no longer
+/// answers must not hold the process's exit for ever.
+#[tokio::test]
+async fn closing_a_connection_the_broker_no_longer_answers_ends_in_time() {
+    let silence = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = silenceable_relay(silence.clone()).await;
+    let broker =
+        ringer::broker::Broker::connect(&url, Names::new(&random_namespace()), "close-test")
+            .await
+            .unwrap();
+    silence.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let started = std::time::Instant::now();
+    tokio::time::timeout(
+        ringer::broker::CLOSE_TIMEOUT + std::time::Duration::from_secs(5),
+        broker.close(),
+    )
+    .await
+    .expect("close gives up after CLOSE_TIMEOUT");
+    assert!(
+        started.elapsed() >= ringer::broker::CLOSE_TIMEOUT / 2,
+        "it did wait for an answer"
+    );
+}

@@ -170,8 +170,7 @@ pub async fn start(
         shutdown.cancel();
         let _ = relay.await;
         let connection = watch.finish();
-        infra.broker.close().await;
-        infra.db.close().await;
+        infra.close().await;
         connection?;
         served??;
         Ok(())
