@@ -13,7 +13,7 @@ use ringer::events::{Event, EventType};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-pub use settle::{Settlement, settle, settle_call};
+pub use settle::{Settlement, Settler, settle, settle_call};
 
 /// Settings of the billing service.
 #[derive(Debug, Clone, clap::Parser)]
@@ -88,7 +88,7 @@ pub const DEFAULT_HTTP_ADDR: SocketAddr =
 
 /// The consumer step: settle the call an `internal.call.ended` event announces.
 pub struct SettleOnCallEnded {
-    pub db: PgPool,
+    pub settler: Settler,
     pub fault_exit_after_commit: bool,
 }
 
@@ -96,7 +96,9 @@ impl Step for SettleOnCallEnded {
     type Message = Event;
 
     async fn handle(&self, event: Event, _info: DeliveryInfo) -> Result<(), StepError> {
-        handle_call_ended(&self.db, &event).await?;
+        check_call_ended(&event)?;
+        let settlement = self.settler.settle(event.call_id).await?;
+        log_settlement(&event, &settlement);
         if self.fault_exit_after_commit {
             tracing::error!(call_id = %event.call_id, "fault injection: exiting after commit, before ack");
             // The exit status of a SIGKILL; no destructor runs, nothing is acked.
@@ -108,6 +110,22 @@ impl Step for SettleOnCallEnded {
 
 /// The step as a function: checks the event and settles its call.
 pub async fn handle_call_ended(db: &PgPool, event: &Event) -> Result<Settlement, StepError> {
+    check_call_ended(event)?;
+    let settlement = settle(db, event.call_id).await?;
+    log_settlement(event, &settlement);
+    Ok(settlement)
+}
+
+fn log_settlement(event: &Event, settlement: &Settlement) {
+    tracing::info!(
+        call_id = %event.call_id,
+        outcome = settlement.outcome(),
+        "billing settled the call"
+    );
+}
+
+/// Refuses (as poison) an event billing cannot settle from.
+fn check_call_ended(event: &Event) -> Result<(), StepError> {
     if event.event_type != EventType::CallEnded {
         return Err(StepError::Poison(anyhow::anyhow!(
             "billing consumes {} only; got {}",
@@ -123,13 +141,7 @@ pub async fn handle_call_ended(db: &PgPool, event: &Event) -> Result<Settlement,
             event.call.id
         )));
     }
-    let settlement = settle(db, event.call_id).await?;
-    tracing::info!(
-        call_id = %event.call_id,
-        outcome = settlement.outcome(),
-        "billing settled the call"
-    );
-    Ok(settlement)
+    Ok(())
 }
 
 /// Runs the billing worker until `shutdown`: the `billing` consumer, the
@@ -149,7 +161,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 shutdown.clone(),
             ));
             let step = Arc::new(SettleOnCallEnded {
-                db: infra.db.clone(),
+                settler: Settler::start(infra.db.clone()),
                 fault_exit_after_commit: config.fault_exit_after_commit,
             });
             let queue = infra.broker.names().queue(ringer::broker::BILLING_QUEUE);

@@ -3,10 +3,12 @@
 //! the completion join, all in one transaction.
 
 use chrono::{DateTime, Utc};
+use ringer::batch::Batcher;
 use ringer::call::{self, CallStatus, NumberedCall, OwnedCall, ReservationStatus};
 use ringer::consumer::StepError;
 use ringer::events::EventType;
 use ringer::ledger::{self, Hold};
+use ringer::telemetry::{self, TraceContext};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -51,12 +53,16 @@ pub enum SettleError {
     },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// The settler's batch task is gone (the process is shutting down).
+    #[error("the settlement batch task stopped: {0}")]
+    Stopped(String),
 }
 
 impl From<SettleError> for StepError {
     fn from(error: SettleError) -> Self {
         match error {
             SettleError::Database(error) => StepError::Transient(error.into()),
+            stopped @ SettleError::Stopped(_) => StepError::Transient(stopped.into()),
             // The call row and the event disagree, or the ledger is broken:
             // retrying cannot help, an operator must look.
             other => StepError::Poison(other.into()),
@@ -283,6 +289,90 @@ pub async fn settle(pool: &PgPool, call_id: Uuid) -> Result<Settlement, SettleEr
             }
             Err(error) => return Err(error),
         }
+    }
+}
+
+/// Settlements in one transaction at most. One such transaction runs at a
+/// time, so two never take the same orgs' balance buckets in opposite orders.
+const BATCH_MAX: usize = 64;
+
+/// Settles the calls of concurrent `call.ended` events together: one
+/// transaction (and commit) for a batch, each call settled in it exactly as
+/// [`settle_call`] settles it alone, under its own trace. When the shared
+/// transaction fails, each call of the batch is settled again alone by
+/// [`settle`] (with its retries), so one call's failure stays its own.
+pub struct Settler {
+    batches: Batcher<(Uuid, Option<TraceContext>), Result<Settlement, SettleError>>,
+}
+
+impl Settler {
+    pub fn start(pool: PgPool) -> Self {
+        let batches = Batcher::spawn(
+            "billing_settle",
+            BATCH_MAX,
+            1,
+            move |calls: Vec<(Uuid, Option<TraceContext>)>| {
+                let pool = pool.clone();
+                async move { Ok(settle_together(&pool, &calls).await) }
+            },
+        );
+        Self { batches }
+    }
+
+    /// Settles `call_id` with whatever other calls are waiting.
+    pub async fn settle(&self, call_id: Uuid) -> Result<Settlement, SettleError> {
+        self.batches
+            .call((call_id, telemetry::current()))
+            .await
+            .map_err(|error| SettleError::Stopped(format!("{error:#}")))?
+    }
+}
+
+async fn settle_together(
+    pool: &PgPool,
+    calls: &[(Uuid, Option<TraceContext>)],
+) -> Vec<Result<Settlement, SettleError>> {
+    if calls.len() > 1 {
+        match settle_in_one_transaction(pool, calls).await {
+            Ok(settlements) => {
+                settlements.iter().for_each(record_metrics);
+                return settlements.into_iter().map(Ok).collect();
+            }
+            Err(error) => {
+                tracing::warn!(%error, calls = calls.len(), "settlement batch failed; settling its calls one by one");
+            }
+        }
+    }
+    let mut each = Vec::with_capacity(calls.len());
+    for (call_id, trace) in calls {
+        each.push(traced(*trace, settle(pool, *call_id)).await);
+    }
+    each
+}
+
+/// Settles `calls` in one transaction, in order of call id (the order the
+/// extractor's batches lock call rows in).
+async fn settle_in_one_transaction(
+    pool: &PgPool,
+    calls: &[(Uuid, Option<TraceContext>)],
+) -> Result<Vec<Settlement>, SettleError> {
+    let mut order: Vec<usize> = (0..calls.len()).collect();
+    order.sort_by_key(|&index| calls[index].0);
+    let mut settled: Vec<Option<Settlement>> = (0..calls.len()).map(|_| None).collect();
+    let mut tx = pool.begin().await?;
+    for index in order {
+        let (call_id, trace) = calls[index];
+        settled[index] = Some(traced(trace, settle_call(&mut tx, call_id)).await?);
+    }
+    tx.commit().await?;
+    Ok(settled.into_iter().flatten().collect())
+}
+
+/// Runs `future` as part of `trace`, when there is one.
+async fn traced<F: std::future::Future>(trace: Option<TraceContext>, future: F) -> F::Output {
+    match trace {
+        Some(trace) => telemetry::within(trace, future).await,
+        None => future.await,
     }
 }
 

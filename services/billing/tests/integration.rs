@@ -7,5 +7,6 @@ mod concurrency;
 mod crash;
 mod join;
 mod settlement;
+mod settler;
 mod sweeper;
 mod worker;
