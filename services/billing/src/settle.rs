@@ -293,7 +293,8 @@ pub async fn settle(pool: &PgPool, call_id: Uuid) -> Result<Settlement, SettleEr
 }
 
 /// Settlements in one transaction at most. One such transaction runs at a
-/// time, so two never take the same orgs' balance buckets in opposite orders.
+/// time per process, and every batch locks its balance buckets first, in one
+/// order, so batches (of any replica) never wait for each other in a cycle.
 const BATCH_MAX: usize = 64;
 
 /// Settles the calls of concurrent `call.ended` events together: one
@@ -360,12 +361,38 @@ async fn settle_in_one_transaction(
     order.sort_by_key(|&index| calls[index].0);
     let mut settled: Vec<Option<Settlement>> = (0..calls.len()).map(|_| None).collect();
     let mut tx = pool.begin().await?;
+    let call_ids: Vec<Uuid> = calls.iter().map(|(call_id, _)| *call_id).collect();
+    lock_hold_buckets(&mut tx, &call_ids).await?;
     for index in order {
         let (call_id, trace) = calls[index];
         settled[index] = Some(traced(trace, settle_call(&mut tx, call_id)).await?);
     }
     tx.commit().await?;
     Ok(settled.into_iter().flatten().collect())
+}
+
+/// Locks the balance buckets the holds of `call_ids` were taken from, in one
+/// order (org, bucket), before any call row. Settling one call locks its row,
+/// then its bucket; a batch settling several would otherwise take buckets in
+/// the order of its calls, and two replicas' batches could each hold a bucket
+/// the other waits for (a deadlock Postgres breaks only after a second).
+async fn lock_hold_buckets(conn: &mut PgConnection, call_ids: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query(
+        // Row by row through the indexes (as the dispatcher's claims do), so
+        // that no cached plan turns this into a scan of the ledger.
+        "SELECT locked.org_id FROM ( \
+           SELECT DISTINCT hold.org_id, hold.bucket FROM unnest($1::uuid[]) AS wanted(call_id) \
+           CROSS JOIN LATERAL (SELECT org_id, bucket FROM ledger_entries \
+                               WHERE call_id = wanted.call_id AND kind = 'hold') hold \
+           ORDER BY hold.org_id, hold.bucket) buckets \
+         CROSS JOIN LATERAL (SELECT org_id FROM balances \
+                             WHERE org_id = buckets.org_id AND bucket = buckets.bucket \
+                             FOR NO KEY UPDATE) locked",
+    )
+    .bind(call_ids)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Runs `future` as part of `trace`, when there is one.
