@@ -79,6 +79,37 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     }
 }
 
+/// Runs `run` on all of `inputs` at once; when that fails and there was more
+/// than one input, runs it again on each input alone, so that a bad input
+/// fails alone instead of failing the others. Gives one output (or error) per
+/// input, in order; the error of a batch of one is the whole outcome.
+pub async fn together_or_alone<'a, I, O, E, F, Fut>(
+    inputs: &'a [I],
+    run: F,
+) -> Result<Vec<Result<O, E>>, E>
+where
+    O: Default,
+    E: std::fmt::Display,
+    F: Fn(&'a [I]) -> Fut,
+    Fut: Future<Output = Result<Vec<O>, E>>,
+{
+    let error = match run(inputs).await {
+        Ok(outputs) => return Ok(outputs.into_iter().map(Ok).collect()),
+        Err(error) if inputs.len() <= 1 => return Err(error),
+        Err(error) => error,
+    };
+    tracing::warn!(%error, items = inputs.len(), "a batch failed; running its items one by one");
+    let mut each = Vec::with_capacity(inputs.len());
+    for input in inputs.chunks(1) {
+        each.push(
+            run(input)
+                .await
+                .map(|mut outputs| outputs.pop().unwrap_or_default()),
+        );
+    }
+    Ok(each)
+}
+
 /// Sends each caller its output, or every caller the batch's error.
 fn answer<O>(replies: Vec<Reply<O>>, outcome: anyhow::Result<Vec<O>>) {
     let error = match outcome {
@@ -177,6 +208,29 @@ mod tests {
         let error = batcher.call(0).await.unwrap_err();
         assert!(error.to_string().contains("database unreachable"));
         assert_eq!(batcher.call(7).await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_bad_input_fails_alone() {
+        let runs = Mutex::new(Vec::new());
+        let outcome = together_or_alone(&[1u32, 0, 3], |inputs: &[u32]| {
+            runs.lock().unwrap().push(inputs.len());
+            let inputs = inputs.to_vec();
+            async move {
+                if inputs.contains(&0) {
+                    return Err("zero".to_owned());
+                }
+                Ok(inputs.iter().map(|n| n * 10).collect::<Vec<_>>())
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(outcome, vec![Ok(10), Err("zero".to_owned()), Ok(30)]);
+        assert_eq!(*runs.lock().unwrap(), vec![3, 1, 1, 1]);
+
+        let alone =
+            together_or_alone(&[0u32], |_: &[u32]| async { Err::<Vec<u32>, _>("zero") }).await;
+        assert_eq!(alone, Err("zero"));
     }
 
     #[tokio::test]

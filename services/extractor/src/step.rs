@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::anyhow;
-use ringer::batch::Batcher;
+use ringer::batch::{Batcher, together_or_alone};
 use ringer::call::{Call, NumberedCall, OwnedCall, ResultStatus};
 use ringer::consumer::{DeliveryInfo, Step, StepError};
 use ringer::events::{Event, EventType};
@@ -84,23 +84,12 @@ impl ResultWriter {
             move |writes: Vec<ResultWrite>| {
                 let db = db.clone();
                 async move {
-                    match write_results(&db, &writes).await {
-                        Ok(written) => Ok(written.into_iter().map(Ok).collect()),
-                        Err(error) if writes.len() == 1 => Err(error.into()),
-                        Err(error) => {
-                            tracing::warn!(%error, calls = writes.len(), "result batch failed; writing its results one by one");
-                            let mut each = Vec::with_capacity(writes.len());
-                            for write in writes.chunks(1) {
-                                let written = write_results(&db, write).await;
-                                each.push(
-                                    written
-                                        .map(|mut written| written.pop().flatten())
-                                        .map_err(Into::into),
-                                );
-                            }
-                            Ok(each)
-                        }
-                    }
+                    let each =
+                        together_or_alone(&writes, |writes| write_results(&db, writes)).await?;
+                    Ok(each
+                        .into_iter()
+                        .map(|written| written.map_err(Into::into))
+                        .collect())
                 }
             },
         );

@@ -25,7 +25,7 @@ use crate::deliver::{Dispatcher, retry_lost_races};
 use crate::envelope::Envelope;
 use crate::jobs::{DeliveryJob, Publisher};
 use crate::store::{self, FannedOut};
-use ringer::batch::Batcher;
+use ringer::batch::{Batcher, together_or_alone};
 
 /// Events fanned out in one transaction at most, and such transactions at once.
 const BATCH_MAX: usize = 64;
@@ -57,28 +57,10 @@ impl Fanout {
             move |events: Vec<(Event, Value)>| {
                 let db = db.clone();
                 async move {
-                    let together =
-                        retry_lost_races("fan-out", || fan_out_together(&db, &events)).await;
-                    match together {
-                        Ok(rows) => Ok(rows.into_iter().map(Ok).collect()),
-                        Err(error) if events.len() == 1 => Err(error),
-                        // One bad event must not fail the others: each alone.
-                        Err(error) => {
-                            tracing::warn!(
-                                error = format!("{error:#}"),
-                                events = events.len(),
-                                "fan-out batch failed; fanning out its events one by one"
-                            );
-                            let mut each = Vec::with_capacity(events.len());
-                            for event in events.chunks(1) {
-                                let rows =
-                                    retry_lost_races("fan-out", || fan_out_together(&db, event))
-                                        .await;
-                                each.push(rows.map(|mut rows| rows.pop().unwrap_or_default()));
-                            }
-                            Ok(each)
-                        }
-                    }
+                    together_or_alone(&events, |events| {
+                        retry_lost_races("fan-out", || fan_out_together(&db, events))
+                    })
+                    .await
                 }
             },
         );
