@@ -130,6 +130,17 @@ pub async fn within<F: std::future::Future>(context: TraceContext, future: F) ->
     CURRENT.scope(context, future).await
 }
 
+/// Runs `future` as part of `context`'s trace when there is one, else as it is.
+pub async fn within_optional<F: std::future::Future>(
+    context: Option<TraceContext>,
+    future: F,
+) -> F::Output {
+    match context {
+        Some(context) => within(context, future).await,
+        None => future.await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

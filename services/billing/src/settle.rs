@@ -346,7 +346,7 @@ async fn settle_together(
     }
     let mut each = Vec::with_capacity(calls.len());
     for (call_id, trace) in calls {
-        each.push(traced(*trace, settle(pool, *call_id)).await);
+        each.push(telemetry::within_optional(*trace, settle(pool, *call_id)).await);
     }
     each
 }
@@ -365,7 +365,8 @@ async fn settle_in_one_transaction(
     lock_hold_buckets(&mut tx, &call_ids).await?;
     for index in order {
         let (call_id, trace) = calls[index];
-        settled[index] = Some(traced(trace, settle_call(&mut tx, call_id)).await?);
+        settled[index] =
+            Some(telemetry::within_optional(trace, settle_call(&mut tx, call_id)).await?);
     }
     tx.commit().await?;
     Ok(settled.into_iter().flatten().collect())
@@ -393,14 +394,6 @@ async fn lock_hold_buckets(conn: &mut PgConnection, call_ids: &[Uuid]) -> sqlx::
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// Runs `future` as part of `trace`, when there is one.
-async fn traced<F: std::future::Future>(trace: Option<TraceContext>, future: F) -> F::Output {
-    match trace {
-        Some(trace) => telemetry::within(trace, future).await,
-        None => future.await,
-    }
 }
 
 pub(crate) fn record_metrics(settlement: &Settlement) {

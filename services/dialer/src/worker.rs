@@ -133,10 +133,8 @@ impl<C: Carrier, A: Agent> DialerStep<C, A> {
         }
         .instrument(span);
         // Events the call emits continue the trace of the `call.queued` that started it.
-        match telemetry::current() {
-            Some(trace) => self.calls.spawn(telemetry::within(trace, task)),
-            None => self.calls.spawn(task),
-        };
+        self.calls
+            .spawn(telemetry::within_optional(telemetry::current(), task));
         Ok(())
     }
 

@@ -114,11 +114,8 @@ async fn write_results(db: &PgPool, writes: &[ResultWrite]) -> sqlx::Result<Vec<
     let mut tx = db.begin().await?;
     for index in order {
         let write = &writes[index];
-        let one = write_result(&mut tx, write);
-        written[index] = match write.trace {
-            Some(trace) => telemetry::within(trace, one).await?,
-            None => one.await?,
-        };
+        written[index] =
+            telemetry::within_optional(write.trace, write_result(&mut tx, write)).await?;
     }
     tx.commit().await?;
     Ok(written)
